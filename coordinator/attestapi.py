@@ -1,0 +1,52 @@
+"""Attestation service (on both ports): evidence bound to this process's TLS and HPKE keys, the
+caller's nonce and the state digest; and stateless challenge tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from attestation.binding import attest_report_data, state_digest
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
+from coordinator.challenge import issue_token
+from coordinator.rpc import NONCE_SIZE, Coordinator, require_size, rpc
+
+
+def _der(cert: Any) -> bytes:
+    return bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+class AttestationService(pb_grpc.AttestationServicer):
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+
+    @rpc()
+    async def Attest(self, request: pb.AttestRequest, context: Any) -> pb.AttestResponse:
+        nonce = require_size(request.nonce, NONCE_SIZE, "nonce")
+        state = self.coord.guard.current()
+        if state is None:
+            digest = state_digest(None, None, None)
+            latest = root_pem = mesh_pem = b""
+        else:
+            ca = state.ca
+            digest = state_digest(state.transition.hash, _der(ca.root_cert), _der(ca.mesh_ca_cert))
+            latest, root_pem, mesh_pem = state.transition.hash, ca.root_pem, ca.mesh_ca_pem
+        report_data = attest_report_data(self.coord.tls_spki, self.coord.hpke_public, nonce, digest)
+        evidence = await self.coord.evidence(report_data)
+        return pb.AttestResponse(
+            evidence=evidence,
+            hpke_public_key=self.coord.hpke_public,
+            state_digest=digest,
+            latest_transition_hash=latest,
+            root_ca_pem=root_pem,
+            mesh_ca_pem=mesh_pem,
+        )
+
+    @rpc()
+    async def Challenge(self, request: pb.ChallengeRequest, context: Any) -> pb.ChallengeResponse:
+        state = await self.coord.guard.get_state()
+        now = self.coord.clock().timestamp()
+        token = issue_token(state.seed_engine.challenge_key, state.transition.hash, now)
+        return pb.ChallengeResponse(token=token)

@@ -1,0 +1,93 @@
+"""Signed user requests: what a workload owner signs to update the manifest, and what a
+seed-share owner signs to recover. Shared by the client (signing) and the server (verifying),
+so both sides build the exact same domain-separated message."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from coordinator.manifest import ManifestError, parse_pkcs1_public_key
+
+SET_MANIFEST_DOMAIN = b"concord/v1/set-manifest\x00"
+RECOVER_DOMAIN = b"concord/v1/recover\x00"
+
+
+class SignatureError(Exception):
+    """A user signature or key is unacceptable; the message says which and why."""
+
+
+def set_manifest_message(new_transition_hash: bytes) -> bytes:
+    return SET_MANIFEST_DOMAIN + new_transition_hash
+
+
+def recover_message(nonce: bytes, sealed: bytes) -> bytes:
+    return RECOVER_DOMAIN + nonce + hashlib.sha256(sealed).digest()
+
+
+def spki_digest(spki_der: bytes) -> bytes:
+    return hashlib.sha256(spki_der).digest()
+
+
+def public_spki(key: Any) -> bytes:
+    pub = key.public_key() if hasattr(key, "public_key") else key
+    return pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def sign_owner(key: Any, message: bytes) -> bytes:
+    """Workload owner keys: ECDSA P-256/P-384 (SHA-256), Ed25519, or RSA-PSS (SHA-256)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(message, _pss(), hashes.SHA256())
+    raise SignatureError("owner key: unsupported key type (want EC, Ed25519 or RSA)")
+
+
+def verify_owner(spki_der: bytes, signature: bytes, message: bytes) -> None:
+    try:
+        key = serialization.load_der_public_key(spki_der)
+    except (ValueError, TypeError):
+        raise SignatureError("owner_public_key: not a valid SPKI DER public key") from None
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, message)
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, _pss(), hashes.SHA256())
+        else:
+            raise SignatureError("owner_public_key: unsupported key type")
+    except InvalidSignature:
+        raise SignatureError("signature: does not verify with owner_public_key") from None
+
+
+def sign_seedshare(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
+    return key.sign(message, _pss(), hashes.SHA256())
+
+
+def verify_seedshare(pkcs1_der: bytes, signature: bytes, message: bytes) -> None:
+    try:
+        key = parse_pkcs1_public_key(pkcs1_der, "seedshare_owner_public_key")
+    except ManifestError as exc:
+        raise SignatureError(str(exc)) from None
+    try:
+        key.verify(signature, message, _pss(), hashes.SHA256())
+    except InvalidSignature:
+        raise SignatureError("signature: does not verify with the seed-share owner key") from None
+
+
+def rsa_pkcs1_der(key: rsa.RSAPublicKey | rsa.RSAPrivateKey) -> bytes:
+    pub = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+
+
+def _pss() -> padding.PSS:
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)

@@ -1,0 +1,236 @@
+"""The issuance path: evidence in, mesh certificate (+ sealed workload secret) out.
+
+One :class:`Issuer` per State, built when the State is installed and dropped with it, so the
+per-request work is only what cannot be shared: verify one piece of evidence, sign one leaf, seal
+one secret. CPU-heavy work runs in a small thread pool through :class:`BatchRunner`, which hands
+each worker a batch of concurrent requests at once (one executor hop per batch, not per request);
+OpenSSL releases the GIL while it verifies and signs, so throughput scales with cores. Nothing
+here touches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from attestation.binding import mesh_cert_report_data
+from attestation.cache import BoundedCache
+from attestation.verify import Verifier
+from coordinator.challenge import check_token
+from coordinator.manifest import PolicyEntry
+from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, seal
+from coordinator.state import State
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_SPKI = 2048
+
+
+class IssuanceError(Exception):
+    """Base of issuance refusals that are the caller's fault."""
+
+
+class InvalidLeafKey(IssuanceError):
+    pass
+
+
+class PolicyNotInManifest(IssuanceError):
+    def __init__(self, policy_hash: bytes) -> None:
+        super().__init__(f"policy {policy_hash.hex()} is not in the manifest")
+        self.policy_hash = policy_hash
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    chain_pem: bytes  # leaf then intermediate
+    mesh_ca_pem: bytes
+    root_ca_pem: bytes
+    sealed_workload_secret: bytes
+    tee: str
+
+
+class BatchRunner(Generic[T, R]):
+    """Run ``fn`` over concurrent submissions in a thread pool, a batch per worker hop."""
+
+    def __init__(
+        self, fn: Callable[[T], R], workers: int | None = None, max_batch: int = 32
+    ) -> None:
+        self._fn = fn
+        self.workers = workers or os.cpu_count() or 1
+        self._max_batch = max_batch
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="issuer")
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._scheduled = False
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            # Let every request that is already runnable join this batch before dispatching.
+            loop.call_soon(self._dispatch, loop)
+        return await fut
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        size = max(1, min(self._max_batch, -(-len(pending) // self.workers)))
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            job = loop.run_in_executor(self._pool, self._run_chunk, [item for item, _ in chunk])
+            job.add_done_callback(lambda done, chunk=chunk: _settle(done, chunk))  # type: ignore[misc]
+
+    def _run_chunk(self, items: list[T]) -> list[tuple[bool, Any]]:
+        out: list[tuple[bool, Any]] = []
+        for item in items:
+            try:
+                out.append((True, self._fn(item)))
+            except BaseException as exc:  # delivered to the awaiting request
+                out.append((False, exc))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(
+    done: asyncio.Future[list[tuple[bool, Any]]], chunk: list[tuple[Any, asyncio.Future[Any]]]
+) -> None:
+    if done.cancelled():
+        for _, fut in chunk:
+            if not fut.done():
+                fut.cancel()
+        return
+    exc = done.exception()
+    if exc is not None:
+        for _, fut in chunk:
+            if not fut.done():
+                fut.set_exception(exc)
+        return
+    for (ok, value), (_, fut) in zip(done.result(), chunk, strict=True):
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    evidence: bytes
+    leaf_spki: bytes
+    hpke_public_key: bytes
+    token: bytes
+    now: datetime
+
+
+def load_leaf_key(spki: bytes) -> Any:
+    """Accept the key types a mesh TLS stack can use; anything else is the caller's error."""
+    if not spki or len(spki) > MAX_SPKI:
+        raise InvalidLeafKey(f"leaf_public_key: must be 1..{MAX_SPKI} bytes of SPKI DER")
+    try:
+        key = serialization.load_der_public_key(spki)
+    except (ValueError, TypeError):
+        raise InvalidLeafKey("leaf_public_key: not a valid SPKI DER public key") from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, (ec.SECP256R1, ec.SECP384R1)):
+            raise InvalidLeafKey("leaf_public_key: EC keys must be P-256 or P-384")
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise InvalidLeafKey("leaf_public_key: RSA keys must have at least 2048 bits")
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        raise InvalidLeafKey("leaf_public_key: unsupported key type")
+    return key
+
+
+class Issuer:
+    """Everything NewMeshCert needs from one State, prepared once."""
+
+    def __init__(
+        self,
+        state: State,
+        verifier: Verifier,
+        *,
+        leaf_validity: timedelta = timedelta(days=365),
+        cache_size: int = 4096,
+    ) -> None:
+        self.state = state
+        self._verifier = verifier
+        self._leaf_validity = leaf_validity
+        manifest = state.manifest
+        self._references = manifest.reference_values
+        self._policies: Mapping[bytes, PolicyEntry] = {
+            bytes.fromhex(h): entry for h, entry in manifest.policies.items()
+        }
+        self._secrets: dict[str, bytes] = {
+            entry.workload_secret_id: state.seed_engine.workload_secret(entry.workload_secret_id)
+            for entry in manifest.policies.values()
+            if entry.workload_secret_id
+        }
+        ca = state.ca
+        self._intermediate_pem = ca.intermediate_pem
+        self._mesh_ca_pem = ca.mesh_ca_pem
+        self._root_ca_pem = ca.root_pem
+        self._challenge_key = state.seed_engine.challenge_key
+        self._transition = state.transition.hash
+        self._leaves: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(cache_size)
+
+    def policy(self, policy_hash: bytes) -> PolicyEntry | None:
+        return self._policies.get(policy_hash)
+
+    def issue(self, req: IssueRequest) -> IssuedCertificate:
+        """Synchronous and thread-safe: runs inside the pool."""
+        check_token(self._challenge_key, req.token, self._transition, req.now.timestamp())
+        key = load_leaf_key(req.leaf_spki)
+        expected = mesh_cert_report_data(req.leaf_spki, req.hpke_public_key, req.token)
+        verified = self._verifier.verify(req.evidence, self._references, expected, req.now)
+        entry = self._policies.get(verified.policy_hash)
+        if entry is None:
+            raise PolicyNotInManifest(verified.policy_hash)
+        cache_key = (req.leaf_spki, verified.policy_hash)
+        leaf_pem = self._leaves.get(cache_key)
+        if leaf_pem is None:
+            cert = self.state.ca.issue_leaf(
+                key,
+                sans=entry.sans,
+                policy_hash=verified.policy_hash,
+                tee=verified.tee,
+                measurement=verified.measurement,
+                tcb=verified.tcb,
+                workload_secret_id=entry.workload_secret_id,
+                validity=self._leaf_validity,
+                now=req.now,
+            )
+            leaf_pem = cert.public_bytes(serialization.Encoding.PEM)
+            self._leaves.put(cache_key, leaf_pem)
+        sealed = b""
+        if entry.workload_secret_id:
+            sealed = seal(
+                req.hpke_public_key,
+                PURPOSE_WORKLOAD_SECRET,
+                self._secrets[entry.workload_secret_id],
+            )
+        return IssuedCertificate(
+            chain_pem=leaf_pem + self._intermediate_pem,
+            mesh_ca_pem=self._mesh_ca_pem,
+            root_ca_pem=self._root_ca_pem,
+            sealed_workload_secret=sealed,
+            tee=verified.tee,
+        )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

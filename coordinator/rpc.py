@@ -1,0 +1,183 @@
+"""What every servicer shares: the process context and one mapping from typed errors to gRPC
+status codes (DESIGN §7), so a refusal reads the same whichever API raised it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from attestation.binding import BindingError
+from attestation.errors import EvidenceRejected, MalformedEvidence
+from attestation.providers.base import EvidenceProvider, ProviderError
+from attestation.verify import Verifier
+from coordinator.authz import SignatureError
+from coordinator.challenge import TokenError, TokenExpired, TokenMalformed, TokenWrongTransition
+from coordinator.history import HistoryError
+from coordinator.issuance import BatchRunner, IssuanceError, Issuer, PolicyNotInManifest
+from coordinator.manifest import ManifestError
+from coordinator.metrics import Metrics
+from coordinator.sealing import PayloadError, SealingError
+from coordinator.state import Guard, InvalidPolicies, NotInitialized, RecoveryRejected, Stale, State
+from coordinator.store.base import ConcurrentUpdate, StoreError, StoreUnavailable
+
+log = logging.getLogger("concord.rpc")
+
+MAX_MESSAGE = 4 * 1024 * 1024
+NONCE_SIZE = 32
+
+
+class Refused(Exception):
+    """An explicit refusal with its status code; the message is shown to the caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Coordinator:
+    """Process-wide context of one coordinator: state guard, evidence, keys, metrics."""
+
+    guard: Guard
+    verifier: Verifier
+    provider: EvidenceProvider
+    tls_spki: bytes
+    hpke_private: X25519PrivateKey
+    metrics: Metrics
+    runner: BatchRunner[Any, Any]
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ready_peer_exists: Callable[[], Awaitable[bool]] | None = None
+    _issuer: Issuer | None = field(default=None, repr=False)
+
+    @property
+    def hpke_public(self) -> bytes:
+        return self.hpke_private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def issuer_for(self, state: State) -> Issuer:
+        """The Issuer of ``state``, built once and dropped when another State replaces it."""
+        issuer = self._issuer
+        if issuer is None or issuer.state is not state:
+            issuer = Issuer(state, self.verifier)
+            self._issuer = issuer
+        return issuer
+
+    def fresh_for_mesh(self) -> State:
+        """MeshAPI: a new call needs a fresh State; a running one finishes on the State it has."""
+        state = self.guard.current()
+        if state is None:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "not initialized")
+        if state.stale:
+            raise Stale(state)
+        return state
+
+    async def evidence(self, report_data: bytes) -> bytes:
+        ev = await asyncio.to_thread(self.provider.evidence, report_data)
+        return ev.encode()
+
+    def record_rejection(self, exc: EvidenceRejected) -> None:
+        self.metrics.attestation_failures.labels(exc.reason).inc()
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status code and caller-facing message for a typed error; never includes secrets."""
+    if isinstance(exc, Refused):
+        return exc.code, exc.message
+    if isinstance(exc, NotInitialized):
+        return grpc.StatusCode.FAILED_PRECONDITION, "not initialized"
+    if isinstance(exc, Stale):
+        return grpc.StatusCode.FAILED_PRECONDITION, "recovery mode"
+    if isinstance(exc, ConcurrentUpdate):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"concurrent update: {_detail(exc)}"
+    if isinstance(exc, TokenWrongTransition):
+        return (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "challenge token is for another transition: re-challenge",
+        )
+    if isinstance(exc, TokenExpired):
+        return grpc.StatusCode.FAILED_PRECONDITION, "challenge token expired: re-challenge"
+    if isinstance(exc, TokenMalformed):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"token: {exc}"
+    if isinstance(exc, TokenError):
+        return grpc.StatusCode.PERMISSION_DENIED, "token: not issued by this deployment"
+    if isinstance(exc, MalformedEvidence):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"evidence rejected: {exc}"
+    if isinstance(exc, EvidenceRejected):
+        return grpc.StatusCode.PERMISSION_DENIED, f"evidence rejected: {exc}"
+    if isinstance(exc, PolicyNotInManifest):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, (ManifestError, InvalidPolicies, IssuanceError, BindingError, PayloadError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, (SignatureError, RecoveryRejected)):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, SealingError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "sealed box cannot be opened by this coordinator"
+    if isinstance(exc, (StoreUnavailable, ProviderError)):
+        return grpc.StatusCode.UNAVAILABLE, f"unavailable: {type(exc).__name__}"
+    if isinstance(exc, (StoreError, HistoryError)):
+        return grpc.StatusCode.INTERNAL, f"store error: {type(exc).__name__}"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc)
+    return text.removeprefix("concurrent update: ") or "the history moved"
+
+
+def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
+    """Wrap a servicer method: time it, count rejections, and turn typed errors into statuses."""
+
+    def decorate(fn: F) -> F:
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            coord: Coordinator = getattr(self, coord_attr)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, message = status_for(exc)
+                if isinstance(exc, EvidenceRejected):
+                    coord.record_rejection(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.error("%s failed: %s", name, type(exc).__name__, exc_info=exc)
+                else:
+                    log.info("%s refused: %s %s", name, code.name, message)
+                await context.abort(code, message)
+            finally:
+                coord.metrics.requests.labels(name, code.name).observe(
+                    time.perf_counter() - started
+                )
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def require_size(value: bytes, size: int, field_name: str) -> bytes:
+    if len(value) != size:
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field_name}: must be {size} bytes, got {len(value)}",
+        )
+    return value

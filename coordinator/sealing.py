@@ -1,0 +1,267 @@
+"""HPKE sealed boxes for every secret that leaves a coordinator (DESIGN.md §7).
+
+Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode, single shot (RFC 9180).
+``info`` = b"concord/v1/" + purpose, so a box sealed for one purpose (say a workload secret) never
+opens as another (say peer recovery secrets). A sealed box is ``enc (32 bytes) ‖ ciphertext``.
+
+Also the plaintext codecs of the recovery payloads: canonical CBOR maps with exactly the expected
+keys, checked strictly on decode (types, lengths, canonical encoding, no trailing bytes).
+
+Opening failures raise :class:`SealingError` without saying why: the reason (wrong key, wrong
+purpose, tampering) is not something a remote party should learn from us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import cbor2
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_private_key,
+)
+
+DOMAIN: Final = b"concord/v1/"
+
+PURPOSE_WORKLOAD_SECRET: Final = "workload-secret"
+PURPOSE_PEER_RECOVER: Final = "peer-recover"
+PURPOSE_USER_RECOVER: Final = "user-recover"
+PURPOSES: Final = frozenset({PURPOSE_WORKLOAD_SECRET, PURPOSE_PEER_RECOVER, PURPOSE_USER_RECOVER})
+
+PUBLIC_KEY_SIZE: Final = 32  # raw X25519
+ENC_SIZE: Final = 32  # DHKEM(X25519) encapsulated key
+TAG_SIZE: Final = 16  # AES-256-GCM
+MAX_PLAINTEXT_SIZE: Final = 64 * 1024
+MAX_SEALED_SIZE: Final = ENC_SIZE + MAX_PLAINTEXT_SIZE + TAG_SIZE
+
+_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+class SealingError(Exception):
+    """A box cannot be sealed or opened. Never carries detail about the contents."""
+
+
+class InvalidPublicKey(SealingError, ValueError):
+    """The recipient key is not a usable raw X25519 public key."""
+
+
+class UnknownPurpose(ValueError):
+    """The purpose is not one of :data:`PURPOSES` (a programming error)."""
+
+    def __init__(self, purpose: object) -> None:
+        super().__init__(f"unknown sealing purpose {purpose!r}")
+
+
+def generate_keypair() -> tuple[X25519PrivateKey, bytes]:
+    """A fresh HPKE key pair: the private key object and the raw 32-byte public key."""
+    private = X25519PrivateKey.generate()
+    return private, private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def seal(recipient_public: bytes, purpose: str, plaintext: bytes) -> bytes:
+    """Seal ``plaintext`` to a raw X25519 public key; returns ``enc ‖ ciphertext``."""
+    info = _info(purpose)
+    if not isinstance(plaintext, bytes):
+        raise TypeError("plaintext must be bytes")
+    if len(plaintext) > MAX_PLAINTEXT_SIZE:
+        raise SealingError(f"plaintext longer than {MAX_PLAINTEXT_SIZE} bytes")
+    if not isinstance(recipient_public, bytes) or len(recipient_public) != PUBLIC_KEY_SIZE:
+        raise InvalidPublicKey(f"recipient public key must be {PUBLIC_KEY_SIZE} raw bytes")
+    public = X25519PublicKey.from_public_bytes(recipient_public)
+    try:
+        return _SUITE.encrypt(plaintext, public, info=info)
+    except ValueError:
+        # Low-order points give an all-zero shared secret, which X25519 refuses.
+        raise InvalidPublicKey("recipient public key is not usable") from None
+
+
+def open_sealed(private_key: X25519PrivateKey, purpose: str, sealed: bytes) -> bytes:
+    """Open a box made by :func:`seal` with the same purpose; else :class:`SealingError`."""
+    info = _info(purpose)
+    if not isinstance(sealed, bytes):
+        raise SealingError("sealed box must be bytes")
+    if len(sealed) < ENC_SIZE + TAG_SIZE:
+        raise SealingError("sealed box too short")
+    if len(sealed) > MAX_SEALED_SIZE:
+        raise SealingError("sealed box too long")
+    try:
+        return _SUITE.decrypt(sealed, private_key, info=info)
+    except (InvalidTag, ValueError):
+        raise SealingError("sealed box cannot be opened") from None
+
+
+def _info(purpose: str) -> bytes:
+    if not isinstance(purpose, str) or purpose not in PURPOSES:
+        raise UnknownPurpose(purpose)
+    return DOMAIN + purpose.encode("ascii")
+
+
+# --- payload codecs --------------------------------------------------------------------------
+
+SEED_MIN_SIZE: Final = 32
+SEED_MAX_SIZE: Final = 64
+SALT_SIZE: Final = 32
+HASH_SIZE: Final = 32
+MAX_KEY_DER_SIZE: Final = 1024
+MAX_PAYLOAD_SIZE: Final = 4096
+
+
+class PayloadError(ValueError):
+    """A recovery payload is malformed; ``field`` names the offending part, never its value."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+class PayloadMalformed(PayloadError):
+    """Not a canonical CBOR map of byte strings (or too large)."""
+
+
+class PayloadKeysMismatch(PayloadError):
+    """Keys missing or unexpected keys present."""
+
+
+class PayloadFieldInvalid(PayloadError):
+    """A field has the wrong type, length or content."""
+
+
+def _require_bytes(field: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, bytes):
+        raise PayloadFieldInvalid(field, f"must be bytes, not {type(value).__name__}")
+    if not lo <= len(value) <= hi:
+        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise PayloadFieldInvalid(field, f"must be {want} bytes, got {len(value)}")
+
+
+def _require_p384_key(field: str, der: bytes) -> None:
+    try:
+        key = load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PayloadFieldInvalid(field, "not a DER private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise PayloadFieldInvalid(field, "must be a P-384 private key")
+
+
+def _redacted(value: bytes) -> str:
+    return f"<{len(value)} bytes redacted>"
+
+
+def _decode_map(data: bytes, keys: frozenset[str]) -> Mapping[str, Any]:
+    """Decode a canonical CBOR map with exactly ``keys``; values are checked by the caller."""
+    if not isinstance(data, bytes):
+        raise PayloadMalformed("payload", "must be bytes")
+    if len(data) > MAX_PAYLOAD_SIZE:
+        raise PayloadMalformed("payload", f"longer than {MAX_PAYLOAD_SIZE} bytes")
+    try:
+        obj = cbor2.loads(data)
+    except Exception:  # cbor2 raises several types on garbage; none may escape untyped
+        raise PayloadMalformed("payload", "not valid CBOR") from None
+    if not isinstance(obj, dict):
+        raise PayloadMalformed("payload", "must be a CBOR map")
+    if not all(isinstance(k, str) for k in obj):
+        raise PayloadMalformed("payload", "map keys must be text strings")
+    missing = sorted(keys - obj.keys())
+    if missing:
+        raise PayloadKeysMismatch("payload", f"missing keys {missing}")
+    extra = len(obj.keys() - keys)
+    if extra:
+        raise PayloadKeysMismatch("payload", f"{extra} unexpected key(s)")
+    return obj
+
+
+def _require_canonical(data: bytes, encoded: bytes) -> None:
+    """Reject trailing bytes, duplicate keys, indefinite lengths and non-canonical forms."""
+    if data != encoded:
+        raise PayloadMalformed("payload", "not canonical CBOR")
+
+
+@dataclass(frozen=True, repr=False)
+class PeerSecrets:
+    """What a ready coordinator hands (sealed, "peer-recover") to an attested stale peer."""
+
+    seed: bytes
+    salt: bytes
+    mesh_ca_key: bytes  # PKCS#8 DER, P-384
+    latest_transition_hash: bytes
+    manifest_hash: bytes
+
+    KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"seed", "salt", "mesh_ca_key", "latest_transition_hash", "manifest_hash"}
+    )
+
+    def __post_init__(self) -> None:
+        _require_bytes("seed", self.seed, SEED_MIN_SIZE, SEED_MAX_SIZE)
+        _require_bytes("salt", self.salt, SALT_SIZE, SALT_SIZE)
+        _require_bytes("mesh_ca_key", self.mesh_ca_key, 1, MAX_KEY_DER_SIZE)
+        _require_bytes("latest_transition_hash", self.latest_transition_hash, HASH_SIZE, HASH_SIZE)
+        _require_bytes("manifest_hash", self.manifest_hash, HASH_SIZE, HASH_SIZE)
+        _require_p384_key("mesh_ca_key", self.mesh_ca_key)
+
+    def encode(self) -> bytes:
+        return cbor2.dumps(
+            {
+                "seed": self.seed,
+                "salt": self.salt,
+                "mesh_ca_key": self.mesh_ca_key,
+                "latest_transition_hash": self.latest_transition_hash,
+                "manifest_hash": self.manifest_hash,
+            },
+            canonical=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> PeerSecrets:
+        obj = _decode_map(data, cls.KEYS)
+        value = cls(
+            seed=obj["seed"],
+            salt=obj["salt"],
+            mesh_ca_key=obj["mesh_ca_key"],
+            latest_transition_hash=obj["latest_transition_hash"],
+            manifest_hash=obj["manifest_hash"],
+        )
+        _require_canonical(data, value.encode())
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"PeerSecrets(seed={_redacted(self.seed)}, salt={_redacted(self.salt)}, "
+            f"mesh_ca_key={_redacted(self.mesh_ca_key)}, "
+            f"latest_transition_hash={self.latest_transition_hash.hex()}, "
+            f"manifest_hash={self.manifest_hash.hex()})"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class UserRecoverySecret:
+    """What a seed-share owner sends (sealed, "user-recover") to a coordinator in recovery."""
+
+    seed: bytes
+    salt: bytes
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"seed", "salt"})
+
+    def __post_init__(self) -> None:
+        _require_bytes("seed", self.seed, SEED_MIN_SIZE, SEED_MAX_SIZE)
+        _require_bytes("salt", self.salt, SALT_SIZE, SALT_SIZE)
+
+    def encode(self) -> bytes:
+        return cbor2.dumps({"seed": self.seed, "salt": self.salt}, canonical=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> UserRecoverySecret:
+        obj = _decode_map(data, cls.KEYS)
+        value = cls(seed=obj["seed"], salt=obj["salt"])
+        _require_canonical(data, value.encode())
+        return value
+
+    def __repr__(self) -> str:
+        return f"UserRecoverySecret(seed={_redacted(self.seed)}, salt={_redacted(self.salt)})"

@@ -1,0 +1,324 @@
+"""Seed engine: one secret seed + salt deterministically yield every long-lived secret (DESIGN §3).
+
+Every coordinator holding the same seed and salt derives the same root CA key, history signing
+key, challenge MAC key and workload secrets, so a deployment survives restarts and can be
+recovered from a seed share. Derivations (``hkdf`` = HKDF-SHA256, salt = the salt, output length
+= length of the input secret, info = the ASCII label)::
+
+    pod_state_seed      = hkdf(seed, "POD STATE SECRET")
+    workload_secret(w)  = hkdf(pod_state_seed, "WORKLOAD SECRET ID: " + w)   (w UTF-8, non-empty)
+    root_ca_key         = detkeygen_p384(hkdf(seed, "ROOT CA SEED"))
+    history_signing_key = detkeygen_p384(hkdf(seed, "TRANSACTION SIGNING SECRET"))
+    challenge_key       = hkdf(seed, "CONCORD CHALLENGE KEY")[:32]
+
+Seed shares are RSA-OAEP(SHA-256, MGF1-SHA-256, label "seedshare") encryptions of the seed, one
+per seed-share owner. The seed-share document (JSON, returned by the first SetManifest)::
+
+    {"Salt": "<hex 32 bytes>",
+     "SeedShares": [{"PublicKey": "<hex PKCS#1 RSAPublicKey DER>", "EncryptedSeed": "<hex>"}]}
+
+Hex is lowercase. Seeds are 32..64 bytes (generated seeds are 64): the upper bound keeps a
+seed inside one OAEP block of a 2048-bit key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEED_SIZE = 64
+MIN_SEED_SIZE = 32
+MAX_SEED_SIZE = 64
+SALT_SIZE = 32
+CHALLENGE_KEY_SIZE = 32
+SEEDSHARE_LABEL = b"seedshare"
+MAX_SEEDSHARE_DOCUMENT = 1 << 20
+
+LABEL_POD_STATE = "POD STATE SECRET"
+LABEL_WORKLOAD = "WORKLOAD SECRET ID: "
+LABEL_ROOT_CA = "ROOT CA SEED"
+LABEL_SIGNING = "TRANSACTION SIGNING SECRET"
+LABEL_CHALLENGE = "CONCORD CHALLENGE KEY"
+
+DETKEYGEN_PERSONALIZATION = b"det ECDSA key gen P-384"
+P384_ORDER = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    16,
+)
+_WORKLOAD_CACHE_LIMIT = 4096
+
+
+class SeedEngineError(ValueError):
+    """Bad seed material, secret ID or seed share. Messages never contain secret bytes."""
+
+
+def _hkdf(secret: bytes, salt: bytes, info: str) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=len(secret), salt=salt, info=info.encode("utf-8")
+    ).derive(secret)
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def detkeygen_p384(s: bytes) -> ec.EllipticCurvePrivateKey:
+    """Derive a P-384 key from ``s`` with HMAC-DRBG(SHA-256), as DESIGN §3 specifies.
+
+    The scalar is the first 48 DRBG output bytes, big-endian, and must lie in [1, n-1]: there is
+    no retry, so every implementation agrees (the chance of failure is about 2^-190).
+    """
+    if not isinstance(s, bytes | bytearray):
+        raise SeedEngineError("detkeygen input must be bytes")
+    s = bytes(s)
+    pers = DETKEYGEN_PERSONALIZATION
+    k = b"\x00" * 32
+    v = b"\x01" * 32
+    k = _hmac(k, v + b"\x00" + s + pers)
+    v = _hmac(k, v)
+    k = _hmac(k, v + b"\x01" + s + pers)
+    v = _hmac(k, v)
+    out = b""
+    while len(out) < 48:
+        v = _hmac(k, v)
+        out += v
+    d = int.from_bytes(out[:48], "big")
+    if not 1 <= d < P384_ORDER:
+        raise SeedEngineError("derived P-384 scalar out of range")
+    return ec.derive_private_key(d, ec.SECP384R1())
+
+
+class SeedEngine:
+    """Immutable holder of seed and salt with every derived secret computed once."""
+
+    __slots__ = (
+        "_challenge_key",
+        "_history_signing_key",
+        "_lock",
+        "_pod_state_seed",
+        "_root_ca_key",
+        "_salt",
+        "_seed",
+        "_workload_cache",
+    )
+
+    _seed: bytes
+    _salt: bytes
+    _pod_state_seed: bytes
+    _root_ca_key: ec.EllipticCurvePrivateKey
+    _history_signing_key: ec.EllipticCurvePrivateKey
+    _challenge_key: bytes
+    _workload_cache: dict[str, bytes]
+    _lock: threading.Lock
+
+    def __init__(self, seed: bytes, salt: bytes) -> None:
+        if not isinstance(seed, bytes | bytearray) or not isinstance(salt, bytes | bytearray):
+            raise SeedEngineError("seed and salt must be bytes")
+        if not MIN_SEED_SIZE <= len(seed) <= MAX_SEED_SIZE:
+            raise SeedEngineError(
+                f"seed must be {MIN_SEED_SIZE}..{MAX_SEED_SIZE} bytes, got {len(seed)}"
+            )
+        if len(salt) != SALT_SIZE:
+            raise SeedEngineError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
+        seed, salt = bytes(seed), bytes(salt)
+        sa = object.__setattr__
+        sa(self, "_seed", seed)
+        sa(self, "_salt", salt)
+        sa(self, "_pod_state_seed", _hkdf(seed, salt, LABEL_POD_STATE))
+        sa(self, "_root_ca_key", detkeygen_p384(_hkdf(seed, salt, LABEL_ROOT_CA)))
+        sa(self, "_history_signing_key", detkeygen_p384(_hkdf(seed, salt, LABEL_SIGNING)))
+        sa(self, "_challenge_key", _hkdf(seed, salt, LABEL_CHALLENGE)[:CHALLENGE_KEY_SIZE])
+        sa(self, "_workload_cache", {})
+        sa(self, "_lock", threading.Lock())
+
+    @classmethod
+    def generate(cls) -> SeedEngine:
+        """A fresh engine: 64-byte random seed, 32-byte random salt."""
+        return cls(secrets.token_bytes(SEED_SIZE), secrets.token_bytes(SALT_SIZE))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("SeedEngine is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("SeedEngine is immutable")
+
+    def __repr__(self) -> str:
+        return "SeedEngine(<secret>)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("SeedEngine must not be pickled")
+
+    @property
+    def seed(self) -> bytes:
+        return self._seed
+
+    @property
+    def salt(self) -> bytes:
+        return self._salt
+
+    @property
+    def pod_state_seed(self) -> bytes:
+        return self._pod_state_seed
+
+    @property
+    def root_ca_key(self) -> ec.EllipticCurvePrivateKey:
+        return self._root_ca_key
+
+    @property
+    def history_signing_key(self) -> ec.EllipticCurvePrivateKey:
+        return self._history_signing_key
+
+    @property
+    def challenge_key(self) -> bytes:
+        return self._challenge_key
+
+    def workload_secret(self, secret_id: str) -> bytes:
+        """The secret for a manifest ``WorkloadSecretID`` (non-empty string)."""
+        if not isinstance(secret_id, str):
+            raise SeedEngineError("workload secret ID must be a string")
+        if not secret_id:
+            raise SeedEngineError("workload secret ID must not be empty")
+        cached = self._workload_cache.get(secret_id)
+        if cached is not None:
+            return cached
+        try:
+            secret = _hkdf(self._pod_state_seed, self._salt, LABEL_WORKLOAD + secret_id)
+        except UnicodeEncodeError:
+            raise SeedEngineError("workload secret ID is not valid Unicode") from None
+        with self._lock:
+            if len(self._workload_cache) < _WORKLOAD_CACHE_LIMIT:
+                self._workload_cache[secret_id] = secret
+        return secret
+
+
+# --- seed shares -----------------------------------------------------------------------------
+
+
+def _oaep() -> padding.OAEP:
+    return padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA256()),
+        algorithm=hashes.SHA256(),
+        label=SEEDSHARE_LABEL,
+    )
+
+
+def encrypt_seed_share(seed: bytes, owner: rsa.RSAPublicKey) -> bytes:
+    """RSA-OAEP(SHA-256, MGF1-SHA-256, label "seedshare") of ``seed`` to one owner."""
+    if not isinstance(owner, rsa.RSAPublicKey):
+        raise SeedEngineError("seed-share owner key must be an RSA public key")
+    try:
+        return owner.encrypt(bytes(seed), _oaep())
+    except ValueError:
+        raise SeedEngineError("seed does not fit the owner's RSA key") from None
+
+
+def decrypt_seed_share(share: bytes, key: rsa.RSAPrivateKey) -> bytes:
+    """Inverse of :func:`encrypt_seed_share`; a wrong key or tampered share → SeedEngineError."""
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SeedEngineError("seed-share key must be an RSA private key")
+    try:
+        return key.decrypt(bytes(share), _oaep())
+    except ValueError:
+        raise SeedEngineError("seed share does not decrypt with this key") from None
+
+
+def _pkcs1(key: rsa.RSAPublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+
+
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+
+
+def _doc_hex(value: Any, path: str) -> bytes:
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
+        raise SeedEngineError(f"{path}: must be non-empty lowercase hex")
+    return bytes.fromhex(value)
+
+
+def _doc_no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise SeedEngineError(f"duplicate key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class SeedShareDocument:
+    """Salt plus one encrypted seed share per owner: (owner PKCS#1 DER, RSA-OAEP ciphertext)."""
+
+    salt: bytes
+    shares: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def create(cls, engine: SeedEngine, owners: Sequence[rsa.RSAPublicKey]) -> SeedShareDocument:
+        """Encrypt ``engine``'s seed to every owner, in the given (manifest) order."""
+        return cls(
+            salt=engine.salt,
+            shares=tuple((_pkcs1(o), encrypt_seed_share(engine.seed, o)) for o in owners),
+        )
+
+    def share_for(self, owner_pkcs1_der: bytes) -> bytes | None:
+        """The encrypted seed for one owner, or None."""
+        for der, share in self.shares:
+            if der == owner_pkcs1_der:
+                return share
+        return None
+
+    def to_json(self) -> bytes:
+        doc = {
+            "Salt": self.salt.hex(),
+            "SeedShares": [
+                {"PublicKey": der.hex(), "EncryptedSeed": share.hex()} for der, share in self.shares
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SeedShareDocument:
+        """Strict inverse of :meth:`to_json`; bad input → SeedEngineError naming the field."""
+        if len(data) > MAX_SEEDSHARE_DOCUMENT:
+            raise SeedEngineError("seed-share document too large")
+        try:
+            doc = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_doc_no_dup)
+        except SeedEngineError:
+            raise
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise SeedEngineError("seed-share document is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise SeedEngineError("seed-share document must be a JSON object")
+        if set(doc) != {"Salt", "SeedShares"}:
+            raise SeedEngineError("seed-share document needs exactly Salt and SeedShares")
+        salt = _doc_hex(doc["Salt"], "Salt")
+        if len(salt) != SALT_SIZE:
+            raise SeedEngineError(f"Salt: must be {SALT_SIZE} bytes, got {len(salt)}")
+        items = doc["SeedShares"]
+        if not isinstance(items, list):
+            raise SeedEngineError("SeedShares: must be a JSON array")
+        shares: list[tuple[bytes, bytes]] = []
+        for i, item in enumerate(items):
+            path = f"SeedShares[{i}]"
+            if not isinstance(item, dict) or set(item) != {"PublicKey", "EncryptedSeed"}:
+                raise SeedEngineError(f"{path}: needs exactly PublicKey and EncryptedSeed")
+            shares.append(
+                (
+                    _doc_hex(item["PublicKey"], f"{path}.PublicKey"),
+                    _doc_hex(item["EncryptedSeed"], f"{path}.EncryptedSeed"),
+                )
+            )
+        return cls(salt=salt, shares=tuple(shares))
+
+    def __repr__(self) -> str:
+        return f"SeedShareDocument({len(self.shares)} shares)"

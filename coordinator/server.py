@@ -1,0 +1,258 @@
+"""Process wiring: store, guard and watcher, evidence provider, the two gRPC ports (TLS with an
+ephemeral identity), probes and metrics, peer recovery, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from attestation import anchors as trust
+from attestation.providers.base import EvidenceProvider
+from attestation.verify import Verifier
+from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
+from coordinator.attestapi import AttestationService
+from coordinator.history import History
+from coordinator.issuance import BatchRunner
+from coordinator.meshapi import MeshService, _issue
+from coordinator.metrics import Metrics
+from coordinator.probes import ProbeServer
+from coordinator.rpc import MAX_MESSAGE, Coordinator
+from coordinator.sealing import generate_keypair
+from coordinator.state import Guard, State
+from coordinator.store import open_store
+from coordinator.store.base import Store
+from coordinator.tlsid import TlsIdentity
+from coordinator.userapi import UserService
+
+log = logging.getLogger("concord.server")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    store: str = "file:concord-data"
+    tee: str = "tsm"  # "tsm" or "mock:DIR"
+    mock_policy: Path | None = None
+    mock_tee_type: str = "snp"
+    trust_anchors: str = "production"
+    user_addr: str = "0.0.0.0:1313"
+    mesh_addr: str = "0.0.0.0:7777"
+    http_addr: str = "0.0.0.0:9102"
+    deployment: str = "default"
+    peers: tuple[str, ...] = ()
+    advertise_mesh_addr: str | None = None
+    node_id: str | None = None
+    etcd_options: dict[str, Any] = field(default_factory=dict)
+    issuer_workers: int | None = None
+
+
+def build_provider(config: ServerConfig) -> EvidenceProvider:
+    if config.tee == "tsm":
+        from attestation.providers.tsm import TsmProvider
+
+        return TsmProvider()
+    if config.tee.startswith("mock:"):
+        from attestation.providers.mock import MockProvider
+
+        if config.mock_policy is None:
+            raise ValueError(
+                "--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)"
+            )
+        return MockProvider(
+            Path(config.tee[len("mock:") :]),
+            config.mock_policy.read_bytes(),
+            tee=config.mock_tee_type,
+        )
+    raise ValueError(f"--tee must be 'tsm' or 'mock:DIR', got {config.tee!r}")
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+class CoordinatorServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.guard: Guard | None = None
+        self.coord: Coordinator | None = None
+        self.addresses: dict[str, str] = {}
+        self._grpc: list[grpc.aio.Server] = []
+        self._probes: ProbeServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._started = False
+        self._recovery: Any = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        anchors = trust.from_spec(cfg.trust_anchors)
+        provider = build_provider(cfg)
+        self.store = await open_store(cfg.store, cfg.deployment, **cfg.etcd_options)
+        history = History(self.store)
+        self.guard = Guard(history, on_stale=self._on_stale)
+        tls = TlsIdentity.generate()
+        hpke_private, _ = generate_keypair()
+        runner: BatchRunner[Any, Any] = BatchRunner(_issue, workers=cfg.issuer_workers)
+        self.coord = Coordinator(
+            guard=self.guard,
+            verifier=Verifier(anchors),
+            provider=provider,
+            tls_spki=tls.spki_der,
+            hpke_private=hpke_private,
+            metrics=self.metrics,
+            runner=runner,
+        )
+        creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
+        attest = AttestationService(self.coord)
+        for name, addr in (("user", cfg.user_addr), ("mesh", cfg.mesh_addr)):
+            server = grpc.aio.server(options=GRPC_OPTIONS)
+            pb_grpc.add_AttestationServicer_to_server(attest, server)
+            if name == "user":
+                pb_grpc.add_UserAPIServicer_to_server(UserService(self.coord), server)
+            else:
+                pb_grpc.add_MeshAPIServicer_to_server(MeshService(self.coord), server)
+            host, _ = _split_addr(addr)
+            port = server.add_secure_port(addr, creds)
+            if port == 0:
+                raise OSError(f"cannot listen on {addr}")
+            await server.start()
+            self._grpc.append(server)
+            self.addresses[name] = f"{host}:{port}"
+        self._probes = ProbeServer(
+            {
+                "/healthz": self._healthz,
+                "/readyz": self._readyz,
+                "/startupz": self._startupz,
+                "/metrics": self._metrics,
+            }
+        )
+        host, port = _split_addr(cfg.http_addr)
+        self.addresses["http"] = f"{host}:{await self._probes.start(host, port)}"
+        self._tasks.append(asyncio.create_task(self.guard.watch_history(), name="watch-history"))
+        from coordinator.recovery import PeerRecovery
+
+        self._recovery = PeerRecovery.create(self, anchors)
+        if self._recovery is not None:
+            self.coord.ready_peer_exists = self._recovery.ready_peer_exists
+            self._tasks.extend(await self._recovery.start())
+        self._started = True
+        log.info("coordinator serving %s", json.dumps(self.addresses))
+
+    def _on_stale(self, state: State | None) -> None:
+        self.metrics.set_state("stale")
+        if self._recovery is not None:
+            self._recovery.trigger()
+
+    def refresh_metrics(self) -> None:
+        state = self.guard.current() if self.guard else None
+        if state is None:
+            stale = self.guard is not None and self.guard.stale_event.is_set()
+            self.metrics.set_state("stale" if stale else "uninitialized")
+            self.metrics.generation.set(0)
+            return
+        self.metrics.set_state("stale" if state.stale else "ready")
+        self.metrics.generation.set(state.generation)
+
+    def is_ready(self) -> bool:
+        state = self.guard.current() if self.guard else None
+        return state is not None and not state.stale
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        try:
+            assert self.store is not None
+            await asyncio.wait_for(self.store.has("transitions/latest"), 2)
+        except Exception as exc:
+            return 503, "text/plain", f"store unreachable: {type(exc).__name__}\n".encode()
+        return 200, "text/plain", b"ok\n"
+
+    async def _readyz(self) -> tuple[int, str, bytes]:
+        if self.is_ready():
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"not ready\n"
+
+    async def _startupz(self) -> tuple[int, str, bytes]:
+        return (
+            (200, "text/plain", b"started\n")
+            if self._started
+            else (503, "text/plain", b"starting\n")
+        )
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        self.refresh_metrics()
+        return 200, "text/plain; version=0.0.4", self.metrics.render()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._recovery is not None:
+            await self._recovery.stop()
+        await asyncio.gather(*(s.stop(grace) for s in self._grpc), return_exceptions=True)
+        if self._probes is not None:
+            await self._probes.stop()
+        if self.coord is not None:
+            self.coord.runner.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def serve(config: ServerConfig, *, ready_line: bool = True) -> None:
+    """Run until SIGTERM/SIGINT; prints one JSON line with the bound addresses once serving."""
+    import signal
+
+    server = CoordinatorServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if ready_line:
+            print(
+                json.dumps({"event": "serving", "pid": os.getpid(), **server.addresses}), flush=True
+            )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()

@@ -1,0 +1,175 @@
+"""UserAPI: the workload owner sets and reads the manifest history; a seed-share owner recovers
+a coordinator that has no usable state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
+from coordinator.authz import (
+    recover_message,
+    set_manifest_message,
+    spki_digest,
+    verify_owner,
+    verify_seedshare,
+)
+from coordinator.history import ZERO_HASH, transition_hash
+from coordinator.manifest import Manifest
+from coordinator.rpc import NONCE_SIZE, Coordinator, Refused, require_size, rpc
+from coordinator.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, open_sealed
+from coordinator.seedengine import SeedEngine, SeedShareDocument
+from coordinator.state import NotInitialized, Stale, State
+
+HASH_SIZE = 32
+
+
+class UserService(pb_grpc.UserAPIServicer):
+    def __init__(self, coord: Coordinator) -> None:
+        self.coord = coord
+        self._manifests_cache: tuple[State, pb.GetManifestsResponse] | None = None
+
+    async def _state_or_none(self) -> State | None:
+        try:
+            return await self.coord.guard.get_state()
+        except NotInitialized:
+            return None
+
+    @rpc()
+    async def SetManifest(
+        self, request: pb.SetManifestRequest, context: Any
+    ) -> pb.SetManifestResponse:
+        manifest = Manifest.parse(request.manifest)
+        state = await self._state_or_none()
+        if state is None:
+            if request.previous_transition_hash not in (b"", ZERO_HASH):
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "concurrent update: there is no history yet, previous_transition_hash must be empty",
+                )
+            new = await self.coord.guard.update_state(
+                None, request.manifest, list(request.policies)
+            )
+            doc = SeedShareDocument.create(new.seed_engine, manifest.seedshare_owner_keys)
+            return _set_response(new, doc.to_json())
+        self._authorise_update(state, manifest, request)
+        new = await self.coord.guard.update_state(state, request.manifest, list(request.policies))
+        return _set_response(new, b"")
+
+    @staticmethod
+    def _authorise_update(state: State, manifest: Manifest, request: pb.SetManifestRequest) -> None:
+        current = state.manifest
+        if not current.owner_key_digests:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "manifest updates are disabled: the current manifest has no WorkloadOwnerKeyDigests",
+            )
+        if (
+            not request.owner_public_key
+            or spki_digest(request.owner_public_key) not in current.owner_key_digests
+        ):
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "owner_public_key: not a workload owner of the current manifest",
+            )
+        if request.previous_transition_hash != state.transition.hash:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "concurrent update: previous_transition_hash is not the latest transition",
+            )
+        if set(manifest.seedshare_owner_keys_der) != set(current.seedshare_owner_keys_der):
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "SeedshareOwnerPubKeys: seed-share owners may not change",
+            )
+        new_hash = transition_hash(manifest.digest, state.transition.hash)
+        verify_owner(request.owner_public_key, request.signature, set_manifest_message(new_hash))
+
+    @rpc()
+    async def GetManifests(
+        self, request: pb.GetManifestsRequest, context: Any
+    ) -> pb.GetManifestsResponse:
+        state = await self.coord.guard.get_state()
+        cached = self._manifests_cache
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        history = self.coord.guard.history
+        chain = await history.walk(state.transition.hash)
+        manifests = [await history.get_manifest(t.manifest_hash) for t in chain]
+        policy_hashes: dict[str, None] = {}
+        for raw in manifests:
+            for h in Manifest.parse(raw).policies:
+                policy_hashes.setdefault(h, None)
+        policies = [await history.get_policy(bytes.fromhex(h)) for h in policy_hashes]
+        signing_pub = state.seed_engine.history_signing_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        response = pb.GetManifestsResponse(
+            manifests=manifests,
+            policies=policies,
+            root_ca_pem=state.ca.root_pem,
+            mesh_ca_pem=state.ca.mesh_ca_pem,
+            latest_transition_hash=state.transition.hash,
+            latest_signature=state.latest.signature,
+            history_signing_public_key=signing_pub,
+        )
+        self._manifests_cache = (state, response)
+        return response
+
+    @rpc()
+    async def Recover(self, request: pb.UserRecoverRequest, context: Any) -> pb.UserRecoverResponse:
+        nonce = require_size(request.nonce, NONCE_SIZE, "nonce")
+        try:
+            await self.coord.guard.get_state()
+        except Stale as stale:
+            old = stale.state
+        else:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION, "not in recovery mode: the state is fresh"
+            )
+        history = self.coord.guard.history
+        latest = await history.get_latest()
+        if latest is None:
+            raise NotInitialized()
+        transition = await history.get_transition(latest.transition_hash)
+        manifest = Manifest.parse(await history.get_manifest(transition.manifest_hash))
+        owner = request.seedshare_owner_public_key
+        if not manifest.is_seedshare_owner(owner):
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "seedshare_owner_public_key: not a seed-share owner of the latest manifest",
+            )
+        verify_seedshare(owner, request.signature, recover_message(nonce, request.sealed_secret))
+        peers = self.coord.ready_peer_exists
+        if not request.force and peers is not None and await peers():
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "a ready peer coordinator exists: it will recover this one; use force to override",
+            )
+        secret = UserRecoverySecret.decode(
+            open_sealed(self.coord.hpke_private, PURPOSE_USER_RECOVER, request.sealed_secret)
+        )
+        engine = SeedEngine(secret.seed, secret.salt)
+
+        async def authorize(m: Manifest) -> tuple[SeedEngine, None]:
+            if m.digest != manifest.digest:
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION, "concurrent update: the history moved"
+                )
+            return engine, None
+
+        await self.coord.guard.reset_state(old, authorize)
+        self.coord.metrics.recoveries.labels("user").inc()
+        return pb.UserRecoverResponse()
+
+
+def _set_response(state: State, seed_shares: bytes) -> pb.SetManifestResponse:
+    return pb.SetManifestResponse(
+        root_ca_pem=state.ca.root_pem,
+        mesh_ca_pem=state.ca.mesh_ca_pem,
+        transition_hash=state.transition.hash,
+        seed_share_document=seed_shares,
+    )
