@@ -8,6 +8,7 @@ checked before anything is parsed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -54,14 +55,18 @@ class Evidence:
     def decode(cls, data: bytes) -> Evidence:
         if len(data) > MAX_ENVELOPE:
             raise SizeLimitExceeded(f"envelope is {len(data)} bytes, limit {MAX_ENVELOPE}")
+        stream = io.BytesIO(data)
         try:
-            body = cbor2.loads(data)
+            body = cbor2.CBORDecoder(stream).decode()
         except Exception:
             raise MalformedEvidence("envelope: not valid CBOR") from None
+        if stream.tell() != len(data):
+            raise MalformedEvidence("envelope: trailing bytes after the CBOR item")
         if not isinstance(body, dict):
             raise MalformedEvidence("envelope: not a CBOR map")
         version = body.get("v")
-        if version != ENVELOPE_VERSION:
+        # type check first: CBOR true and 1.0 compare equal to 1 in Python
+        if type(version) is not int or version != ENVELOPE_VERSION:
             raise UnsupportedVersion(f"envelope: version {version!r}, want {ENVELOPE_VERSION}")
         tee = body.get("tee")
         if tee not in TEE_TYPES:

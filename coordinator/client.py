@@ -186,3 +186,648 @@ __all__ = [
     "EvidenceRejected",
     "fetch_certificate",
 ]
+
+
+# --- client operations: set / verify / recover / join (DESIGN §7, §11) -------------------------
+#
+# Every operation first attests the coordinator over an AttestedChannel and only then sends
+# anything; set/verify/recover pin the coordinator to the policy and reference values of the
+# manifest the user holds, join to what the caller passes. Local input problems raise
+# InvalidInput (the CLI's usage errors); everything the remote side refuses or fails to prove
+# raises AttestationFailed, OperationRefused (gRPC refusals) or VerificationFailed.
+
+import hashlib  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
+
+from attestation.binding import mesh_cert_report_data  # noqa: E402
+from attestation.providers.base import EvidenceProvider, ProviderError  # noqa: E402
+from coordinator.authz import (  # noqa: E402
+    public_spki,
+    recover_message,
+    rsa_pkcs1_der,
+    set_manifest_message,
+    sign_owner,
+    sign_seedshare,
+)
+from coordinator.ca import CAError, leaf_claims  # noqa: E402
+from coordinator.history import ZERO_HASH, HistoryError, SignedLatest, transition_hash  # noqa: E402
+from coordinator.manifest import Manifest, ManifestError  # noqa: E402
+from coordinator.sealing import (  # noqa: E402
+    PURPOSE_USER_RECOVER,
+    PURPOSE_WORKLOAD_SECRET,
+    SealingError,
+    UserRecoverySecret,
+    generate_keypair,
+    open_sealed,
+    seal,
+)
+from coordinator.seedengine import (  # noqa: E402
+    SeedEngineError,
+    SeedShareDocument,
+    decrypt_seed_share,
+)
+
+RPC_TIMEOUT = 30.0
+KEY_TYPES = ("p256", "p384", "ed25519")
+
+
+class InvalidInput(ValueError):
+    """Local input is unusable (manifest, policy files, keys); nothing was sent."""
+
+
+class OperationRefused(Exception):
+    """The coordinator refused the request; ``code`` is the gRPC status."""
+
+    def __init__(self, operation: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{operation} refused: {code.name}: {details}")
+        self.operation = operation
+        self.code = code
+        self.details = details
+
+
+class VerificationFailed(Exception):
+    """A verified coordinator returned data that does not check out."""
+
+
+class NotReady(Exception):
+    """The coordinator is reachable but cannot serve yet (retryable)."""
+
+
+def parse_manifest(manifest_raw: bytes) -> Manifest:
+    try:
+        return Manifest.parse(manifest_raw)
+    except ManifestError as exc:
+        raise InvalidInput(f"manifest: {exc}") from None
+
+
+def manifest_policy(manifest: Manifest, anchors: TrustAnchors) -> CoordinatorPolicy:
+    """What the manifest itself says a coordinator of this deployment must be."""
+    return CoordinatorPolicy(anchors, manifest.reference_values, manifest.coordinator_policy_hash)
+
+
+def _refused(operation: str, exc: grpc.aio.AioRpcError) -> OperationRefused:
+    return OperationRefused(operation, exc.code(), exc.details() or "")
+
+
+def _pem_der(pem: bytes, what: str) -> bytes:
+    try:
+        return _der(pem)
+    except ValueError:
+        raise VerificationFailed(f"{what}: not a PEM certificate") from None
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    """SHA-256 over the DER certificate, lowercase hex (what `openssl x509 -fingerprint` shows)."""
+    return _sha256_hex(_pem_der(pem, "certificate"))
+
+
+# --- set -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetResult:
+    root_ca_pem: bytes
+    mesh_ca_pem: bytes
+    transition_hash: bytes
+    previous_transition_hash: bytes
+    seed_share_document: bytes  # only on the first manifest, else b""
+
+    @property
+    def first(self) -> bool:
+        return self.previous_transition_hash == ZERO_HASH
+
+
+def _check_policies(manifest: Manifest, policies: Sequence[bytes]) -> list[bytes]:
+    """Exactly the manifest's policies: none unknown, none missing (a verifier needs them all)."""
+    given: dict[str, bytes] = {}
+    for raw in policies:
+        digest = _sha256_hex(raw)
+        if digest not in manifest.policies:
+            raise InvalidInput(f"policy {digest}: not referenced by the manifest")
+        given.setdefault(digest, bytes(raw))
+    missing = sorted(set(manifest.policies) - set(given))
+    if missing:
+        raise InvalidInput(
+            f"policies: the manifest references {len(missing)} polic"
+            f"{'y' if len(missing) == 1 else 'ies'} not given: {', '.join(missing)}"
+        )
+    return list(given.values())
+
+
+async def set_manifest(
+    address: str,
+    manifest_raw: bytes,
+    policies: Sequence[bytes],
+    *,
+    anchors: TrustAnchors,
+    owner_key: Any = None,
+    timeout: float = RPC_TIMEOUT,
+) -> SetResult:
+    """Attest the coordinator against the manifest's own coordinator policy, then set it.
+
+    On an initialised coordinator this is an update: the new transition hash is computed from
+    the attested latest transition, signed with ``owner_key`` (a private key object).
+    """
+    manifest = parse_manifest(manifest_raw)
+    blobs = _check_policies(manifest, policies)
+    async with await AttestedChannel.connect(
+        address, manifest_policy(manifest, anchors), timeout=timeout
+    ) as chan:
+        request = pb.SetManifestRequest(manifest=manifest_raw, policies=blobs)
+        previous = ZERO_HASH
+        if chan.initialized:
+            if owner_key is None:
+                raise InvalidInput(
+                    "the coordinator already has a manifest: an update needs the owner key"
+                )
+            previous = bytes(chan.attestation.latest_transition_hash)
+            new_hash = transition_hash(manifest.digest, previous)
+            try:
+                signature = sign_owner(owner_key, set_manifest_message(new_hash))
+            except Exception as exc:
+                raise InvalidInput(f"owner key: {exc}") from None
+            request.previous_transition_hash = previous
+            request.owner_public_key = public_spki(owner_key)
+            request.signature = signature
+        expected = transition_hash(manifest.digest, previous)
+        try:
+            resp: pb.SetManifestResponse = await chan.user.SetManifest(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("set manifest", exc) from None
+        if resp.transition_hash != expected:
+            raise VerificationFailed(
+                "set manifest: the coordinator reports transition "
+                f"{resp.transition_hash.hex()}, expected {expected.hex()}"
+            )
+        if chan.initialized and _pem_der(resp.root_ca_pem, "root CA") != _pem_der(
+            chan.attestation.root_ca_pem, "attested root CA"
+        ):
+            raise VerificationFailed("set manifest: the root CA changed on an update")
+        document = b""
+        if previous == ZERO_HASH:
+            document = bytes(resp.seed_share_document)
+            _check_seed_share_document(document, manifest)
+        return SetResult(
+            root_ca_pem=bytes(resp.root_ca_pem),
+            mesh_ca_pem=bytes(resp.mesh_ca_pem),
+            transition_hash=bytes(resp.transition_hash),
+            previous_transition_hash=previous,
+            seed_share_document=document,
+        )
+
+
+def _check_seed_share_document(document: bytes, manifest: Manifest) -> None:
+    try:
+        doc = SeedShareDocument.from_json(document)
+    except SeedEngineError as exc:
+        raise VerificationFailed(f"seed-share document: {exc}") from None
+    owners = tuple(der for der, _ in doc.shares)
+    if owners != manifest.seedshare_owner_keys_der:
+        raise VerificationFailed(
+            "seed-share document: shares do not match the manifest's SeedshareOwnerPubKeys"
+        )
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedHistory:
+    manifests: tuple[bytes, ...]  # oldest first
+    transitions: tuple[bytes, ...]  # transition hash after each manifest
+    policies: dict[str, bytes]  # hex sha256 -> policy bytes
+    root_ca_pem: bytes
+    mesh_ca_pem: bytes
+    latest_transition_hash: bytes
+    history_signing_public_key: bytes
+
+
+def verify_history(resp: pb.GetManifestsResponse, manifest_raw: bytes) -> VerifiedHistory:
+    """Pure check of a GetManifests answer against the manifest the user holds."""
+    manifests = [bytes(m) for m in resp.manifests]
+    if not manifests:
+        raise VerificationFailed("history: the coordinator returned no manifests")
+    if manifests[-1] != manifest_raw:
+        raise VerificationFailed(
+            f"history: the latest manifest ({_sha256_hex(manifests[-1])}) is not the one given "
+            f"({_sha256_hex(manifest_raw)})"
+        )
+    previous = ZERO_HASH
+    transitions: list[bytes] = []
+    referenced: set[str] = set()
+    for i, raw in enumerate(manifests):
+        try:
+            parsed = Manifest.parse(raw)
+        except ManifestError as exc:
+            raise VerificationFailed(f"history: manifest {i} is invalid ({exc})") from None
+        referenced.update(parsed.policies)
+        previous = transition_hash(parsed.digest, previous)
+        transitions.append(previous)
+    if previous != resp.latest_transition_hash:
+        raise VerificationFailed(
+            "history: the manifests do not chain up to the latest transition "
+            f"{bytes(resp.latest_transition_hash).hex()}"
+        )
+    try:
+        key = serialization.load_der_public_key(resp.history_signing_public_key)
+    except (ValueError, TypeError):
+        raise VerificationFailed("history: signing public key is not SPKI DER") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise VerificationFailed("history: signing public key is not an EC key")
+    try:
+        SignedLatest(bytes(resp.latest_transition_hash), bytes(resp.latest_signature)).verify(key)
+    except HistoryError as exc:
+        raise VerificationFailed(f"history: latest signature: {exc}") from None
+    policies: dict[str, bytes] = {}
+    for raw in resp.policies:
+        policies[_sha256_hex(raw)] = bytes(raw)
+    missing = sorted(referenced - set(policies))
+    if missing:
+        raise VerificationFailed(f"history: policies missing: {', '.join(missing)}")
+    extra = sorted(set(policies) - referenced)
+    if extra:
+        raise VerificationFailed(f"history: unreferenced policies returned: {', '.join(extra)}")
+    return VerifiedHistory(
+        manifests=tuple(manifests),
+        transitions=tuple(transitions),
+        policies=policies,
+        root_ca_pem=bytes(resp.root_ca_pem),
+        mesh_ca_pem=bytes(resp.mesh_ca_pem),
+        latest_transition_hash=bytes(resp.latest_transition_hash),
+        history_signing_public_key=bytes(resp.history_signing_public_key),
+    )
+
+
+async def fetch_and_verify_history(
+    address: str, manifest_raw: bytes, *, anchors: TrustAnchors, timeout: float = RPC_TIMEOUT
+) -> VerifiedHistory:
+    """Attest against the manifest, fetch the history, and re-verify it end to end."""
+    manifest = parse_manifest(manifest_raw)
+    async with await AttestedChannel.connect(
+        address, manifest_policy(manifest, anchors), timeout=timeout
+    ) as chan:
+        try:
+            resp: pb.GetManifestsResponse = await chan.user.GetManifests(
+                pb.GetManifestsRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("get manifests", exc) from None
+        history = verify_history(resp, manifest_raw)
+        att = chan.attestation
+        if history.latest_transition_hash != att.latest_transition_hash:
+            raise VerificationFailed("history: latest transition differs from the attested one")
+        if _pem_der(history.root_ca_pem, "root CA") != _pem_der(att.root_ca_pem, "root CA"):
+            raise VerificationFailed("history: root CA differs from the attested one")
+        if _pem_der(history.mesh_ca_pem, "mesh CA") != _pem_der(att.mesh_ca_pem, "mesh CA"):
+            raise VerificationFailed("history: mesh CA differs from the attested one")
+        return history
+
+
+# --- recover -------------------------------------------------------------------------------------
+
+
+async def recover(
+    address: str,
+    manifest_raw: bytes,
+    seedshares_json: bytes,
+    seedshare_key: rsa.RSAPrivateKey,
+    *,
+    anchors: TrustAnchors,
+    force: bool = False,
+    timeout: float = RPC_TIMEOUT,
+) -> None:
+    """Hand the seed (sealed to the attested coordinator) to a coordinator in recovery mode."""
+    manifest = parse_manifest(manifest_raw)
+    if not isinstance(seedshare_key, rsa.RSAPrivateKey):
+        raise InvalidInput("seed-share key: must be an RSA private key")
+    owner = rsa_pkcs1_der(seedshare_key)
+    if not manifest.is_seedshare_owner(owner):
+        raise InvalidInput("seed-share key: not listed in the manifest's SeedshareOwnerPubKeys")
+    try:
+        doc = SeedShareDocument.from_json(seedshares_json)
+    except SeedEngineError as exc:
+        raise InvalidInput(f"seed shares: {exc}") from None
+    share = doc.share_for(owner)
+    if share is None:
+        raise InvalidInput("seed shares: no share for this seed-share key")
+    # Decrypt before connecting so a wrong key fails locally; the seed only leaves sealed.
+    try:
+        secret = UserRecoverySecret(seed=decrypt_seed_share(share, seedshare_key), salt=doc.salt)
+    except SeedEngineError as exc:
+        raise InvalidInput(f"seed shares: {exc}") from None
+    except ValueError:
+        raise InvalidInput("seed shares: the decrypted seed has an invalid size") from None
+    async with await AttestedChannel.connect(
+        address, manifest_policy(manifest, anchors), timeout=timeout
+    ) as chan:
+        sealed = seal(chan.attestation.hpke_public_key, PURPOSE_USER_RECOVER, secret.encode())
+        nonce = os.urandom(NONCE_SIZE)
+        request = pb.UserRecoverRequest(
+            sealed_secret=sealed,
+            seedshare_owner_public_key=owner,
+            signature=sign_seedshare(seedshare_key, recover_message(nonce, sealed)),
+            nonce=nonce,
+            force=force,
+        )
+        try:
+            await chan.user.Recover(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("recover", exc) from None
+
+
+# --- join ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    out_dir: Path
+    files: tuple[str, ...]
+    cert_pem: bytes
+    chain_pem: bytes
+    mesh_ca_pem: bytes
+    root_ca_pem: bytes
+    has_workload_secret: bool
+    attempts: int
+    tee: str
+    policy_hash: bytes
+
+
+_RETRY_DETAILS = ("not initialized", "recovery mode", "challenge token", "concurrent update")
+
+
+def retryable(exc: BaseException) -> str | None:
+    """Why a join attempt may succeed later (coordinator not ready, restarting), or None."""
+    if isinstance(exc, NotReady):
+        return str(exc)
+    if isinstance(exc, OperationRefused):
+        if exc.code == grpc.StatusCode.FAILED_PRECONDITION and exc.details.startswith(
+            _RETRY_DETAILS
+        ):
+            return exc.details
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return f"coordinator unavailable ({exc.details})"
+        return None
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        return "coordinator unavailable"
+    if isinstance(exc, (OSError, TimeoutError)):
+        return f"coordinator unreachable ({type(exc).__name__})"
+    return None
+
+
+def new_leaf_key(key_type: str) -> Any:
+    if key_type == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise InvalidInput(f"key type must be one of {', '.join(KEY_TYPES)}, got {key_type!r}")
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate, what: str) -> None:
+    try:
+        child.verify_directly_issued_by(parent)
+    except Exception:
+        raise VerificationFailed(f"certificate chain: {what}") from None
+
+
+def verify_issued_chain(
+    chain_pem: bytes,
+    mesh_ca_pem: bytes,
+    root_ca_pem: bytes,
+    leaf_spki: bytes,
+    now: datetime | None = None,
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """Leaf → intermediate → root, leaf → mesh CA, and the leaf certifies our key."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem)
+        mesh_ca = x509.load_pem_x509_certificate(mesh_ca_pem)
+        root = x509.load_pem_x509_certificate(root_ca_pem)
+    except ValueError:
+        raise VerificationFailed("certificate chain: not PEM certificates") from None
+    if len(certs) != 2:
+        raise VerificationFailed(
+            f"certificate chain: want leaf and intermediate, got {len(certs)} certificates"
+        )
+    leaf, intermediate = certs
+    if public_spki(leaf.public_key()) != leaf_spki:
+        raise VerificationFailed("certificate chain: the leaf does not certify our key")
+    _issued_by(leaf, mesh_ca, "the leaf is not signed by the mesh CA")
+    _issued_by(leaf, intermediate, "the leaf is not signed by the intermediate")
+    _issued_by(intermediate, root, "the intermediate is not signed by the root CA")
+    _issued_by(root, root, "the root CA is not self-signed")
+    if public_spki(intermediate.public_key()) != public_spki(mesh_ca.public_key()):
+        raise VerificationFailed("certificate chain: the intermediate is not the mesh CA key")
+    when = now or datetime.now(UTC)
+    if not leaf.not_valid_before_utc <= when <= leaf.not_valid_after_utc:
+        raise VerificationFailed("certificate chain: the leaf is not valid now")
+    return leaf, intermediate
+
+
+def _pem_key(key: Any) -> bytes:
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Atomic write (temp file + fsync + rename) with exactly ``mode``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_dir(path: Path, mode: int = 0o700) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    if not path.is_dir():
+        raise InvalidInput(f"{path}: not a directory")
+    return path
+
+
+@dataclass(frozen=True)
+class _Issued:
+    leaf_key: Any
+    hpke_private: X25519PrivateKey
+    response: pb.NewMeshCertResponse
+    leaf_spki: bytes
+    attested_root_pem: bytes
+    attested_mesh_pem: bytes
+
+
+async def _join_once(
+    address: str, provider: EvidenceProvider, policy: CoordinatorPolicy, key_type: str
+) -> _Issued:
+    try:
+        chan = await AttestedChannel.connect(address, policy, timeout=10.0)
+    except grpc.aio.AioRpcError as exc:
+        raise _refused("attest", exc) from None
+    async with chan:
+        if not chan.initialized:
+            raise NotReady("not initialized")
+        try:
+            token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=10.0)).token
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("challenge", exc) from None
+        leaf_key = new_leaf_key(key_type)
+        leaf_spki = public_spki(leaf_key)
+        hpke_private, hpke_public = generate_keypair()
+        report_data = mesh_cert_report_data(leaf_spki, hpke_public, token)
+        evidence = (await asyncio.to_thread(provider.evidence, report_data)).encode()
+        request = pb.NewMeshCertRequest(
+            evidence=evidence, leaf_public_key=leaf_spki, hpke_public_key=hpke_public, token=token
+        )
+        try:
+            resp: pb.NewMeshCertResponse = await chan.mesh.NewMeshCert(request, timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("join", exc) from None
+        return _Issued(
+            leaf_key,
+            hpke_private,
+            resp,
+            leaf_spki,
+            bytes(chan.attestation.root_ca_pem),
+            bytes(chan.attestation.mesh_ca_pem),
+        )
+
+
+WaitCallback = Callable[[str, int, float], None]
+
+
+async def join(
+    address: str,
+    provider: EvidenceProvider,
+    *,
+    policy: CoordinatorPolicy,
+    out_dir: str | Path,
+    key_type: str = "p256",
+    timeout: float = 60.0,
+    on_wait: WaitCallback | None = None,
+) -> JoinResult:
+    """Attest the coordinator, trade our evidence for a mesh certificate and secret, write them.
+
+    Retries with jittered exponential back-off while the coordinator is unreachable, not
+    initialised or in recovery mode, for at most ``timeout`` seconds; ``on_wait(reason,
+    attempt, delay)`` reports each wait. Refusals and attestation failures are not retried.
+    """
+    new_leaf_key(key_type)  # reject a bad key type before any network traffic
+    out = Path(out_dir)
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            issued = await _join_once(address, provider, policy, key_type)
+            break
+        except (AttestationFailed, EvidenceRejected, ProviderError):
+            raise
+        except Exception as exc:
+            reason = retryable(exc)
+            if reason is None:
+                raise
+            delay = min(2.0, 0.1 * 2 ** min(attempt - 1, 5)) * random.uniform(0.75, 1.25)
+            if time.monotonic() + delay > deadline:
+                if isinstance(exc, OperationRefused):
+                    raise
+                raise NotReady(f"gave up after {attempt} attempts: {reason}") from None
+            if on_wait is not None:
+                on_wait(reason, attempt, delay)
+            await asyncio.sleep(delay)
+    resp = issued.response
+    leaf, _ = verify_issued_chain(
+        resp.certificate_chain_pem, resp.mesh_ca_pem, resp.root_ca_pem, issued.leaf_spki
+    )
+    if _pem_der(resp.root_ca_pem, "root CA") != _pem_der(issued.attested_root_pem, "root CA"):
+        raise VerificationFailed("join: the root CA differs from the attested one")
+    if _pem_der(resp.mesh_ca_pem, "mesh CA") != _pem_der(issued.attested_mesh_pem, "mesh CA"):
+        raise VerificationFailed("join: the mesh CA differs from the attested one")
+    secret = b""
+    if resp.sealed_workload_secret:
+        try:
+            secret = open_sealed(
+                issued.hpke_private, PURPOSE_WORKLOAD_SECRET, resp.sealed_workload_secret
+            )
+        except SealingError:
+            raise VerificationFailed("join: the sealed workload secret cannot be opened") from None
+    try:
+        claims = leaf_claims(leaf)
+    except CAError as exc:
+        raise VerificationFailed(f"join: leaf claims: {exc}") from None
+    if claims.workload_secret_id and not secret:
+        raise VerificationFailed("join: the policy has a secret ID but no secret was sent")
+    expected_policy = getattr(provider, "policy_hash", None)
+    if isinstance(expected_policy, bytes) and claims.policy_hash != expected_policy:
+        raise VerificationFailed("join: the leaf names another policy than ours")
+    cert_pem = leaf.public_bytes(serialization.Encoding.PEM)
+    ensure_dir(out)
+    files = {
+        "key.pem": (_pem_key(issued.leaf_key), 0o600),
+        "cert.pem": (cert_pem, 0o644),
+        "chain.pem": (bytes(resp.certificate_chain_pem), 0o644),
+        "mesh-ca.pem": (bytes(resp.mesh_ca_pem), 0o644),
+        "root-ca.pem": (bytes(resp.root_ca_pem), 0o644),
+    }
+    if secret:
+        files["workload-secret"] = (secret, 0o600)
+    for name, (data, mode) in files.items():
+        write_file(out / name, data, mode)
+    return JoinResult(
+        out_dir=out,
+        files=tuple(files),
+        cert_pem=cert_pem,
+        chain_pem=bytes(resp.certificate_chain_pem),
+        mesh_ca_pem=bytes(resp.mesh_ca_pem),
+        root_ca_pem=bytes(resp.root_ca_pem),
+        has_workload_secret=bool(secret),
+        attempts=attempt,
+        tee=claims.tee,
+        policy_hash=claims.policy_hash,
+    )
+
+
+__all__ += [
+    "KEY_TYPES",
+    "InvalidInput",
+    "JoinResult",
+    "NotReady",
+    "OperationRefused",
+    "SetResult",
+    "VerificationFailed",
+    "VerifiedHistory",
+    "cert_fingerprint",
+    "fetch_and_verify_history",
+    "join",
+    "manifest_policy",
+    "recover",
+    "set_manifest",
+    "verify_history",
+    "verify_issued_chain",
+    "write_file",
+]

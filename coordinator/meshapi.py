@@ -33,7 +33,7 @@ class MeshService(pb_grpc.MeshAPIServicer):
     async def NewMeshCert(
         self, request: pb.NewMeshCertRequest, context: Any
     ) -> pb.NewMeshCertResponse:
-        state = self.coord.fresh_for_mesh()
+        state = await self.coord.fresh_for_mesh()
         require_size(request.hpke_public_key, PUBLIC_KEY_SIZE, "hpke_public_key")
         issuer = self.coord.issuer_for(state)
         started = time.perf_counter()
@@ -56,7 +56,7 @@ class MeshService(pb_grpc.MeshAPIServicer):
 
     @rpc()
     async def Recover(self, request: pb.MeshRecoverRequest, context: Any) -> pb.MeshRecoverResponse:
-        state = self.coord.fresh_for_mesh()
+        state = await self.coord.fresh_for_mesh()
         hpke_pub = require_size(request.hpke_public_key, PUBLIC_KEY_SIZE, "hpke_public_key")
         now = self.coord.clock()
         check_token(

@@ -74,11 +74,15 @@ class Coordinator:
             self._issuer = issuer
         return issuer
 
-    def fresh_for_mesh(self) -> State:
-        """MeshAPI: a new call needs a fresh State; a running one finishes on the State it has."""
+    async def fresh_for_mesh(self) -> State:
+        """MeshAPI: a new call needs a fresh State; a running one finishes on the State it has.
+
+        The hot path reads only memory. Without a State the store decides between "not
+        initialized" (no history) and "recovery mode" (a history this process cannot serve yet).
+        """
         state = self.guard.current()
         if state is None:
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "not initialized")
+            return await self.guard.get_state()
         if state.stale:
             raise Stale(state)
         return state

@@ -209,7 +209,10 @@ class Guard:
         # arrived meanwhile (decided once the CAS outcome is known).
         self._pending: Counter[bytes] = Counter()
         self._deferred: set[bytes] = set()
-        self._seen: deque[bytes | None] = deque(maxlen=1024)
+        # Every ``latest`` the watcher processed, numbered, for wait_seen and for noticing a
+        # move that was reported while an update or reset was waiting for the store's reply.
+        self._obs_seq = 0
+        self._obs_log: deque[tuple[int, bytes | None]] = deque(maxlen=1024)
         self._seen_pulse = asyncio.Event()
         self.stale_event = asyncio.Event()
         self.watch_ready = asyncio.Event()
@@ -293,16 +296,20 @@ class Guard:
 
         self._pending[transition.hash] += 1
         try:
+            mark = self._obs_seq
             await self.history.set_latest(latest, prev_latest)
             # No await from here to the install: the watcher cannot interleave.
-            return self._install_update(old, new)
+            return self._install_update(old, new, mark)
         finally:
             self._settle(transition.hash)
 
-    def _install_update(self, old: State | None, new: State) -> State:
+    def _install_update(self, old: State | None, new: State, mark: int) -> State:
         current = self._state
         if current is old:
             self._install(new)
+            if self._moved_since(mark, new):
+                # Another coordinator built on our transition before our CAS reply arrived.
+                self._mark_stale(new)
             return new
         if current is not None and current.knows(new.transition.hash):
             return new  # a later local update already built on ours
@@ -320,6 +327,7 @@ class Guard:
         """
         if self._state is not old:
             raise ConcurrentUpdate("concurrent update: the state changed since it was read")
+        mark = self._obs_seq
         latest = await self.history.get_latest()
         if latest is None:
             raise NotInitialized()
@@ -348,7 +356,7 @@ class Guard:
             generation=len(chain),
             ancestors=frozenset(t.hash for t in chain[:-1]),
         )
-        if await self.history.get_latest() != latest:
+        if await self.history.get_latest() != latest or self._moved_since(mark, new):
             raise ConcurrentUpdate("concurrent update: the history moved during recovery")
         # No await from the re-read to the install.
         if self._state is not old:
@@ -377,7 +385,8 @@ class Guard:
 
     def _observe(self, transition_hash: bytes | None) -> None:
         """React to a ``latest`` seen in the store (None: a value we cannot parse)."""
-        self._seen.append(transition_hash)
+        self._obs_seq += 1
+        self._obs_log.append((self._obs_seq, transition_hash))
         pulse, self._seen_pulse = self._seen_pulse, asyncio.Event()
         pulse.set()
         if transition_hash is not None and self._pending[transition_hash] > 0:
@@ -397,11 +406,23 @@ class Guard:
         if transition_hash in self._deferred:
             self._deferred.discard(transition_hash)
             state = self._state
-            pass
+            if state is None or not state.knows(transition_hash):
+                self._mark_stale(state)
+
+    def _moved_since(self, mark: int, state: State) -> bool:
+        """Whether the watcher reported, after observation ``mark``, a ``latest`` that is not
+        in ``state``'s chain (a lost log counts as moved)."""
+        if self._obs_seq - mark > len(self._obs_log):
+            return True
+        return any(seq > mark and (h is None or not state.knows(h)) for seq, h in self._obs_log)
+
+    def seen(self, transition_hash: bytes) -> bool:
+        """Whether the watcher recently processed a ``latest`` with this hash."""
+        return any(h == transition_hash for _, h in self._obs_log)
 
     async def wait_seen(self, transition_hash: bytes) -> None:
         """Wait until the watcher has processed a ``latest`` with this hash (tests, probes)."""
-        while transition_hash not in self._seen:
+        while not self.seen(transition_hash):
             await self._seen_pulse.wait()
 
     # -- watcher ----------------------------------------------------------------------------

@@ -4,16 +4,22 @@ Protocol: create a report entry directory, write 64 bytes to ``inblob``, read ``
 report or TDX quote) and, on SNP, ``auxblob`` (the certificate table with VCEK/ASK/ARK). The
 ``generation`` counter is read before writing and after reading: if another writer used the same
 entry in between, the outblob may not be ours, so the attempt fails instead of returning it.
+
+The four file operations go through a small :class:`TsmFs` object so tests can put a fake kernel
+behind them (configfs reacts to writes; a plain directory cannot).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from attestation.errors import EvidenceRejected
 from attestation.evidence import Evidence
 from attestation.providers.base import ProviderError
 
@@ -28,19 +34,25 @@ _SNP_CERT_GUIDS = {
 }
 _CERT_ORDER = ("vcek", "vlek", "ask", "ark")
 _PROVIDERS = {"sev_guest": "snp", "tdx_guest": "tdx"}
+_ENTRY_SIZE = 24
+_SNP_SIGNER_INFO = 0x48  # report offset of the signer info word (SIGNING_KEY in bits 2..4)
 
 
-def parse_snp_cert_table(aux: bytes) -> tuple[bytes, ...]:
-    """DER certificates of an SNP certificate table, ordered VCEK/VLEK, ASK, ARK."""
+def parse_snp_cert_table(aux: bytes, *, leaf: str | None = None) -> tuple[bytes, ...]:
+    """DER certificates of an SNP certificate table, ordered VCEK/VLEK, ASK, ARK.
+
+    ``leaf`` ("vcek" or "vlek", from the report's SIGNING_KEY) keeps only that leaf, so the
+    verifier's ``certs[0]`` is the key that signed the report even when the host supplies both.
+    """
     found: dict[str, bytes] = {}
     pos = 0
     while True:
-        if pos + 24 > len(aux):
+        if pos + _ENTRY_SIZE > len(aux):
             raise ProviderError("auxblob: certificate table is not terminated")
         guid = aux[pos : pos + 16]
         offset = int.from_bytes(aux[pos + 16 : pos + 20], "little")
         length = int.from_bytes(aux[pos + 20 : pos + 24], "little")
-        pos += 24
+        pos += _ENTRY_SIZE
         if guid == bytes(16):
             break
         if offset + length > len(aux) or length == 0:
@@ -48,15 +60,52 @@ def parse_snp_cert_table(aux: bytes) -> tuple[bytes, ...]:
         name = _SNP_CERT_GUIDS.get(guid)
         if name is not None:
             found[name] = aux[offset : offset + length]
-    return tuple(found[n] for n in _CERT_ORDER if n in found)
+    order = _CERT_ORDER if leaf is None else (leaf, "ask", "ark")
+    return tuple(found[n] for n in order if n in found)
+
+
+def _snp_signer(report: bytes) -> str | None:
+    if len(report) < _SNP_SIGNER_INFO + 4:
+        return None
+    key = (int.from_bytes(report[_SNP_SIGNER_INFO : _SNP_SIGNER_INFO + 4], "little") >> 2) & 7
+    return {0: "vcek", 1: "vlek"}.get(key)
+
+
+class TsmFs(Protocol):
+    """The file operations the provider needs; each raises OSError like the os module."""
+
+    def mkdir(self, path: Path) -> None: ...
+
+    def rmdir(self, path: Path) -> None: ...
+
+    def read(self, path: Path) -> bytes: ...
+
+    def write(self, path: Path, data: bytes) -> None: ...
+
+
+class OsFs:
+    """The real filesystem (configfs)."""
+
+    def mkdir(self, path: Path) -> None:
+        os.mkdir(path)
+
+    def rmdir(self, path: Path) -> None:
+        os.rmdir(path)
+
+    def read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def write(self, path: Path, data: bytes) -> None:
+        path.write_bytes(data)
 
 
 @dataclass(frozen=True)
 class TsmProvider:
-    """configfs-tsm provider; ``root`` is injectable so tests can run against a fake tree."""
+    """configfs-tsm provider; ``root`` and ``fs`` are injectable so tests can fake the kernel."""
 
     root: Path = DEFAULT_ROOT
     privlevel: int | None = None
+    fs: TsmFs = field(default_factory=OsFs, compare=False, repr=False)
 
     @property
     def tee(self) -> str:
@@ -70,9 +119,7 @@ class TsmProvider:
             self._mkdir(probe)
             made = True
         try:
-            name = (probe / "provider").read_text().strip()
-        except OSError as exc:
-            raise ProviderError(f"configfs-tsm: cannot read provider: {exc.strerror}") from None
+            name = self._read(probe / "provider").decode("ascii", "replace").strip()
         finally:
             if made:
                 self._rmdir(probe)
@@ -82,17 +129,29 @@ class TsmProvider:
 
     def _mkdir(self, entry: Path) -> None:
         try:
-            os.mkdir(entry)
+            self.fs.mkdir(entry)
         except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise ProviderError(
+                    f"configfs-tsm not available: {self.root} does not exist (not a confidential "
+                    "VM, kernel without CONFIG_TSM_REPORTS, or configfs not mounted at "
+                    "/sys/kernel/config)"
+                ) from None
             raise ProviderError(
                 f"configfs-tsm: cannot create a report entry under {self.root}: {exc.strerror}"
             ) from None
 
     def _rmdir(self, entry: Path) -> None:
         try:
-            os.rmdir(entry)
+            self.fs.rmdir(entry)
         except OSError:
             pass
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            self.fs.write(path, data)
+        except OSError as exc:
+            raise ProviderError(f"configfs-tsm: cannot write {path.name}: {exc.strerror}") from None
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != 64:
@@ -103,8 +162,8 @@ class TsmProvider:
             tee = self._read_provider(entry)
             before = self._generation(entry)
             if self.privlevel is not None:
-                (entry / "privlevel").write_text(str(self.privlevel))
-            (entry / "inblob").write_bytes(report_data)
+                self._write(entry / "privlevel", str(self.privlevel).encode())
+            self._write(entry / "inblob", report_data)
             report = self._read(entry / "outblob")
             aux = self._read(entry / "auxblob") if tee == "snp" else b""
             after = self._generation(entry)
@@ -115,19 +174,20 @@ class TsmProvider:
             raise ProviderError(
                 f"configfs-tsm: generation moved from {before} to {after}: concurrent writer"
             )
-        certs = parse_snp_cert_table(aux) if aux else ()
-        return Evidence(tee=tee, report=report, certs=certs)
-
-    @staticmethod
-    def _generation(entry: Path) -> int:
+        certs = parse_snp_cert_table(aux, leaf=_snp_signer(report)) if aux else ()
         try:
-            return int((entry / "generation").read_text().strip())
+            return Evidence(tee=tee, report=report, certs=certs)
+        except EvidenceRejected as exc:
+            raise ProviderError(f"configfs-tsm: unexpected outblob/auxblob: {exc}") from None
+
+    def _generation(self, entry: Path) -> int:
+        try:
+            return int(self.fs.read(entry / "generation").decode("ascii").strip())
         except (OSError, ValueError):
             raise ProviderError("configfs-tsm: cannot read generation") from None
 
-    @staticmethod
-    def _read(path: Path) -> bytes:
+    def _read(self, path: Path) -> bytes:
         try:
-            return path.read_bytes()
+            return self.fs.read(path)
         except OSError as exc:
             raise ProviderError(f"configfs-tsm: cannot read {path.name}: {exc.strerror}") from None

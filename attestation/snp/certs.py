@@ -222,9 +222,13 @@ def load_certificate(der: bytes, what: str) -> x509.Certificate:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return x509.load_der_x509_certificate(bytes(der))
+            cert = x509.load_der_x509_certificate(bytes(der))
+        # cryptography parses some fields lazily: touch them now so malformed DER fails here.
+        _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        _ = (cert.signature_algorithm_oid, cert.signature, cert.tbs_certificate_bytes)
     except Exception:
         raise MalformedEvidence(f"{what}: not a DER X.509 certificate") from None
+    return cert
 
 
 def _common_name(name: x509.Name) -> str | None:
@@ -260,7 +264,9 @@ def decode_amd_extensions(cert: x509.Certificate, kind: str) -> AmdKeyInfo:
     return decode_extension_values(values, kind)
 
 
-def decode_key_certificate(der: bytes, what: str = "certs[0]") -> tuple[x509.Certificate, AmdKeyInfo]:
+def decode_key_certificate(
+    der: bytes, what: str = "certs[0]"
+) -> tuple[x509.Certificate, AmdKeyInfo]:
     """Parse a VCEK/VLEK DER and decode its AMD extensions (no signature check)."""
     cert = load_certificate(der, what)
     kind = leaf_kind(cert, what)
@@ -400,7 +406,9 @@ def _cache_key(leaf_der: bytes, ark: x509.Certificate) -> bytes:
     return hashlib.sha256(bytes(leaf_der) + _der(ark)).digest()
 
 
-def _verify_uncached(leaf_der: bytes, anchors: TrustAnchors) -> VerifiedKey:
+def _verify_uncached(
+    leaf_der: bytes, extras: Sequence[bytes], anchors: TrustAnchors
+) -> VerifiedKey:
     leaf, info = decode_key_certificate(leaf_der)
     roots = anchors.amd.get(info.product)
     if roots is None:
@@ -409,11 +417,15 @@ def _verify_uncached(leaf_der: bytes, anchors: TrustAnchors) -> VerifiedKey:
     label = "ASK" if info.kind == "vcek" else "ASVK"
     if intermediate is None:
         raise UntrustedRoot(f"no pinned {info.product} {label} in the {anchors.kind} trust anchors")
+    _check_extras(extras, roots)  # a foreign root in the evidence is named as such
     name = info.kind.upper()
     _verify_cert_signature(leaf, intermediate, name)
     _verify_cert_signature(intermediate, roots.ark, label)
     _verify_cert_signature(roots.ark, roots.ark, "ARK")
-    public_key = leaf.public_key()
+    try:
+        public_key = leaf.public_key()
+    except Exception:
+        raise MalformedEvidence(f"{name}: unsupported or malformed public key") from None
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP384R1
     ):
@@ -458,9 +470,10 @@ def verify_key_chain(
                 key = candidate
                 break
     if key is None:
-        key = _verify_uncached(bytes(leaf_der), anchors)
+        key = _verify_uncached(bytes(leaf_der), certs[1:], anchors)
         cache_key = _cache_key(leaf_der, key.roots.ark)
-    _check_extras(certs[1:], key.roots)
+    else:
+        _check_extras(certs[1:], key.roots)
     _check_validity(key.windows, now)
     if crls:
         _check_crls(crls, key, now)

@@ -53,7 +53,12 @@ MOCK_TCB = {
 MOCK_PRODUCT_NAME = {"Milan": "Milan-B0", "Genoa": "Genoa-B1", "Turin": "Turin"}
 MOCK_FIRMWARE = (0x15, 0x37, 1)  # build, minor, major
 
-_TCB_FIELDS = {"current_tcb": 0x38, "reported_tcb": 0x180, "committed_tcb": 0x1E0, "launch_tcb": 0x1F0}
+_TCB_FIELDS = {
+    "current_tcb": 0x38,
+    "reported_tcb": 0x180,
+    "committed_tcb": 0x1E0,
+    "launch_tcb": 0x1F0,
+}
 _BYTES_FIELDS = {
     "family_id": (0x10, 16),
     "image_id": (0x20, 16),
@@ -156,10 +161,7 @@ def issue_certificate(
     ca: bool = False,
 ) -> x509.Certificate:
     """One AMD-style certificate (RSA-PSS SHA-384 by default); tests vary the arguments."""
-    if issuer is not None:
-        issuer_name = issuer.subject
-    else:
-        issuer_name = _amd_name(issuer_cn or subject_cn)
+    issuer_name = issuer.subject if issuer is not None else _amd_name(issuer_cn or subject_cn)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_amd_name(subject_cn))

@@ -19,7 +19,12 @@ from attestation.errors import (
     PolicyViolation,
     TcbTooLow,
 )
-from attestation.reference import SNP_POLICY_PERMISSIVE, SNP_POLICY_RESTRICTIVE, SnpReference, SnpTcb
+from attestation.reference import (
+    SNP_POLICY_PERMISSIVE,
+    SNP_POLICY_RESTRICTIVE,
+    SnpReference,
+    SnpTcb,
+)
 from attestation.snp.report import SnpReport
 from attestation.snp.tcb import decode_tcb
 
@@ -125,8 +130,11 @@ def check_reference(facts: SnpFacts, ref: SnpReference) -> None:
         raise PlatformInfoViolation(
             f"platform_info has unknown bits 0x{platform.unknown_bits:x} set"
         )
-    for name in sorted(platform.flags - ref.platform_allowed):
-        raise PlatformInfoViolation(f"platform_info {name} is set; the reference forbids it")
+    forbidden = sorted(platform.flags - ref.platform_allowed)
+    if forbidden:
+        raise PlatformInfoViolation(
+            f"platform_info {', '.join(forbidden)} set; the reference forbids it"
+        )
     if report.vmpl not in ref.allowed_vmpls:
         raise VmplNotAllowed(f"VMPL {report.vmpl} is not in {list(ref.allowed_vmpls)}")
     if facts.signer == "vlek" and not ref.allow_vlek:

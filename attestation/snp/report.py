@@ -209,7 +209,7 @@ def _mbz(data: bytes, lo: int, hi: int, name: str) -> None:
         )
 
 
-def parse_report(data: bytes) -> SnpReport:
+def parse_report(data: bytes | bytearray | memoryview) -> SnpReport:
     """Parse and structurally validate one attestation report."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEvidence("SNP report: expected bytes")
@@ -233,7 +233,9 @@ def parse_report(data: bytes) -> SnpReport:
 
     vmpl = _u32(data, 0x30)
     if vmpl > 3 and vmpl != 0xFFFFFFFF:
-        raise MalformedEvidence(f"vmpl (0x30) is {vmpl}; must be 0..3 (or 0xFFFFFFFF, host request)")
+        raise MalformedEvidence(
+            f"vmpl (0x30) is {vmpl}; must be 0..3 (or 0xFFFFFFFF, host request)"
+        )
 
     signer_info = _u32(data, 0x48)
     if signer_info >> 5:
@@ -246,7 +248,9 @@ def parse_report(data: bytes) -> SnpReport:
     if signing_key not in (SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, SIGNING_KEY_NONE):
         raise MalformedEvidence(f"signing_key (0x48 bits 2..4) value {signing_key} is reserved")
     if mask_chip_key and signing_key == SIGNING_KEY_VCEK:
-        raise MalformedEvidence("signer info (0x48): MASK_CHIP_KEY is set but SIGNING_KEY says VCEK")
+        raise MalformedEvidence(
+            "signer info (0x48): MASK_CHIP_KEY is set but SIGNING_KEY says VCEK"
+        )
     _mbz(data, 0x4C, 0x50, "reserved after signer info")
 
     if version >= 3:

@@ -48,7 +48,9 @@ def product_from_cpuid(family: int, model: int) -> str:
             return "Genoa"
     elif family == 0x1A and model <= 0x11:
         return "Turin"
-    raise UnknownProduct(f"CPUID family 0x{family:02x} model 0x{model:02x} is not a known SEV-SNP product")
+    raise UnknownProduct(
+        f"CPUID family 0x{family:02x} model 0x{model:02x} is not a known SEV-SNP product"
+    )
 
 
 def decode_tcb(raw: bytes, product: str, field: str = "tcb") -> SnpTcb:

@@ -64,7 +64,13 @@ QE_IDENTITY_ID = "TD_QE"
 QE_IDENTITY_VERSIONS = (2,)
 
 _MODULE_STATUSES = ("UpToDate", "OutOfDate", "Revoked")
-_QE_STATUSES = ("UpToDate", "OutOfDate", "ConfigurationNeeded", "Revoked", "OutOfDateConfigurationNeeded")
+_QE_STATUSES = (
+    "UpToDate",
+    "OutOfDate",
+    "ConfigurationNeeded",
+    "Revoked",
+    "OutOfDateConfigurationNeeded",
+)
 
 
 class CollateralSignatureInvalid(CollateralRejected):
@@ -449,20 +455,20 @@ class _J:
             raise CollateralRejected(f"{self.path}.{key}: required")
         return self.obj[key]
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self.raw(key)
         if not isinstance(v, str):
             raise CollateralRejected(f"{self.path}.{key}: must be a string")
         return v
 
-    def int(self, key: str, bits: int = 32) -> int:
+    def uint(self, key: str, bits: int = 32) -> int:
         v = self.raw(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < (1 << bits):
             raise CollateralRejected(f"{self.path}.{key}: must be an integer in [0, 2^{bits})")
         return v
 
-    def hex(self, key: str, size: int) -> bytes:
-        v = self.str(key)
+    def hexbytes(self, key: str, size: int) -> bytes:
+        v = self.text(key)
         try:
             b = bytes.fromhex(v)
         except ValueError:
@@ -472,7 +478,7 @@ class _J:
         return b
 
     def date(self, key: str) -> datetime:
-        v = self.str(key)
+        v = self.text(key)
         try:
             d = datetime.fromisoformat(v)
         except ValueError:
@@ -481,7 +487,7 @@ class _J:
             raise CollateralRejected(f"{self.path}.{key}: date has no time zone")
         return d
 
-    def list(self, key: str) -> list[Any]:
+    def array(self, key: str) -> list[Any]:
         v = self.raw(key)
         if not isinstance(v, list):
             raise CollateralRejected(f"{self.path}.{key}: must be an array")
@@ -493,7 +499,7 @@ class _J:
     def advisories(self) -> tuple[str, ...]:
         if "advisoryIDs" not in self.obj:
             return ()
-        items = self.list("advisoryIDs")
+        items = self.array("advisoryIDs")
         if not all(isinstance(a, str) for a in items):
             raise CollateralRejected(f"{self.path}.advisoryIDs: must be strings")
         return tuple(items)
@@ -502,18 +508,18 @@ class _J:
 def _svns(items: list[Any], path: str) -> tuple[int, ...]:
     if len(items) != 16:
         raise CollateralRejected(f"{path}: must have 16 components, got {len(items)}")
-    return tuple(_J(c, f"{path}[{i}]").int("svn", 8) for i, c in enumerate(items))
+    return tuple(_J(c, f"{path}[{i}]").uint("svn", 8) for i, c in enumerate(items))
 
 
 def _isv_levels(j: _J) -> tuple[IsvTcbLevel, ...]:
     out = []
-    for i, item in enumerate(j.list("tcbLevels")):
+    for i, item in enumerate(j.array("tcbLevels")):
         lj = _J(item, f"{j.path}.tcbLevels[{i}]")
         out.append(
             IsvTcbLevel(
-                isv_svn=lj.sub("tcb").int("isvsvn", 16),
+                isv_svn=lj.sub("tcb").uint("isvsvn", 16),
                 tcb_date=lj.date("tcbDate"),
-                status=lj.str("tcbStatus"),
+                status=lj.text("tcbStatus"),
                 advisory_ids=lj.advisories(),
             )
         )
@@ -524,10 +530,10 @@ def _isv_levels(j: _J) -> tuple[IsvTcbLevel, ...]:
 
 def _module(j: _J, with_levels: bool) -> TdxModuleIdentity:
     return TdxModuleIdentity(
-        id=j.str("id") if with_levels else "",
-        mr_signer=j.hex("mrsigner", 48),
-        attributes=j.hex("attributes", 8),
-        attributes_mask=j.hex("attributesMask", 8),
+        id=j.text("id") if with_levels else "",
+        mr_signer=j.hexbytes("mrsigner", 48),
+        attributes=j.hexbytes("attributes", 8),
+        attributes_mask=j.hexbytes("attributesMask", 8),
         tcb_levels=_isv_levels(j) if with_levels else (),
     )
 
@@ -535,23 +541,23 @@ def _module(j: _J, with_levels: bool) -> TdxModuleIdentity:
 def parse_tcb_info(raw: bytes) -> TcbInfo:
     """Parse the raw ``tcbInfo`` JSON (TDX, version 3); strict on every field used."""
     j = _J(_load_json(raw, "tcb_info"), "tcb_info")
-    tcb_id = j.str("id")
-    version = j.int("version")
+    tcb_id = j.text("id")
+    version = j.uint("version")
     if tcb_id != TCB_INFO_ID:
         raise CollateralRejected(f"tcb_info.id: {tcb_id!r}, expected 'TDX'")
     if version not in TCB_INFO_VERSIONS:
         raise CollateralRejected(f"tcb_info.version: {version}, supported {TCB_INFO_VERSIONS}")
     levels = []
-    for i, item in enumerate(j.list("tcbLevels")):
+    for i, item in enumerate(j.array("tcbLevels")):
         lj = _J(item, f"tcb_info.tcbLevels[{i}]")
         tj = lj.sub("tcb")
         levels.append(
             TcbLevel(
-                sgx_components=_svns(tj.list("sgxtcbcomponents"), f"{tj.path}.sgxtcbcomponents"),
-                pce_svn=tj.int("pcesvn", 16),
-                tdx_components=_svns(tj.list("tdxtcbcomponents"), f"{tj.path}.tdxtcbcomponents"),
+                sgx_components=_svns(tj.array("sgxtcbcomponents"), f"{tj.path}.sgxtcbcomponents"),
+                pce_svn=tj.uint("pcesvn", 16),
+                tdx_components=_svns(tj.array("tdxtcbcomponents"), f"{tj.path}.tdxtcbcomponents"),
                 tcb_date=lj.date("tcbDate"),
-                status=lj.str("tcbStatus"),
+                status=lj.text("tcbStatus"),
                 advisory_ids=lj.advisories(),
             )
         )
@@ -559,17 +565,17 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
         raise CollateralRejected("tcb_info.tcbLevels: empty")
     identities: list[TdxModuleIdentity] = []
     if j.has("tdxModuleIdentities"):
-        for i, item in enumerate(j.list("tdxModuleIdentities")):
+        for i, item in enumerate(j.array("tdxModuleIdentities")):
             identities.append(_module(_J(item, f"tcb_info.tdxModuleIdentities[{i}]"), True))
     return TcbInfo(
         id=tcb_id,
         version=version,
         issue_date=j.date("issueDate"),
         next_update=j.date("nextUpdate"),
-        fmspc=j.hex("fmspc", 6),
-        pce_id=j.hex("pceId", 2),
-        tcb_type=j.int("tcbType"),
-        tcb_evaluation_data_number=j.int("tcbEvaluationDataNumber"),
+        fmspc=j.hexbytes("fmspc", 6),
+        pce_id=j.hexbytes("pceId", 2),
+        tcb_type=j.uint("tcbType"),
+        tcb_evaluation_data_number=j.uint("tcbEvaluationDataNumber"),
         tdx_module=_module(j.sub("tdxModule"), False),
         tdx_module_identities=tuple(identities),
         tcb_levels=tuple(levels),
@@ -579,24 +585,26 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
 def parse_qe_identity(raw: bytes) -> QeIdentity:
     """Parse the raw ``enclaveIdentity`` JSON of the TD Quoting Enclave (TD_QE, version 2)."""
     j = _J(_load_json(raw, "qe_identity"), "qe_identity")
-    qe_id = j.str("id")
-    version = j.int("version")
+    qe_id = j.text("id")
+    version = j.uint("version")
     if qe_id != QE_IDENTITY_ID:
         raise CollateralRejected(f"qe_identity.id: {qe_id!r}, expected 'TD_QE'")
     if version not in QE_IDENTITY_VERSIONS:
-        raise CollateralRejected(f"qe_identity.version: {version}, supported {QE_IDENTITY_VERSIONS}")
+        raise CollateralRejected(
+            f"qe_identity.version: {version}, supported {QE_IDENTITY_VERSIONS}"
+        )
     return QeIdentity(
         id=qe_id,
         version=version,
         issue_date=j.date("issueDate"),
         next_update=j.date("nextUpdate"),
-        tcb_evaluation_data_number=j.int("tcbEvaluationDataNumber"),
-        miscselect=j.hex("miscselect", 4),
-        miscselect_mask=j.hex("miscselectMask", 4),
-        attributes=j.hex("attributes", 16),
-        attributes_mask=j.hex("attributesMask", 16),
-        mr_signer=j.hex("mrsigner", 32),
-        isv_prod_id=j.int("isvprodid", 16),
+        tcb_evaluation_data_number=j.uint("tcbEvaluationDataNumber"),
+        miscselect=j.hexbytes("miscselect", 4),
+        miscselect_mask=j.hexbytes("miscselectMask", 4),
+        attributes=j.hexbytes("attributes", 16),
+        attributes_mask=j.hexbytes("attributesMask", 16),
+        mr_signer=j.hexbytes("mrsigner", 32),
+        isv_prod_id=j.uint("isvprodid", 16),
         tcb_levels=_isv_levels(j),
     )
 
@@ -604,14 +612,18 @@ def parse_qe_identity(raw: bytes) -> QeIdentity:
 # --- verification ----------------------------------------------------------------------------
 
 
-def _verify_json_signature(key: ec.EllipticCurvePublicKey, raw: bytes, sig: bytes, where: str) -> None:
+def _verify_json_signature(
+    key: ec.EllipticCurvePublicKey, raw: bytes, sig: bytes, where: str
+) -> None:
     if len(sig) != 64:
         raise CollateralSignatureInvalid(f"{where}: signature must be 64 bytes (r||s)")
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     try:
         key.verify(der, raw, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise CollateralSignatureInvalid(f"{where}: signature does not verify over the raw JSON") from None
+        raise CollateralSignatureInvalid(
+            f"{where}: signature does not verify over the raw JSON"
+        ) from None
 
 
 def _load_crl(der: bytes, where: str) -> x509.CertificateRevocationList:
@@ -628,9 +640,13 @@ def parse_crl(der: bytes, where: str = "crl") -> x509.CertificateRevocationList:
     return _load_crl(der, where)
 
 
-def _check_crl_signed(crl: x509.CertificateRevocationList, issuer: x509.Certificate, where: str) -> None:
+def _check_crl_signed(
+    crl: x509.CertificateRevocationList, issuer: x509.Certificate, where: str
+) -> None:
     if crl.issuer != issuer.subject:
-        raise CollateralMismatch(f"{where}: issued by {crl.issuer.rfc4514_string()}, expected {issuer.subject.rfc4514_string()}")
+        raise CollateralMismatch(
+            f"{where}: issued by {crl.issuer.rfc4514_string()}, expected {issuer.subject.rfc4514_string()}"
+        )
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise CollateralSignatureInvalid(f"{where}: issuer key is not ECDSA")
@@ -687,14 +703,24 @@ class VerifiedCollateral:
                 ("QE identity signing certificate", self.qe_signer.cert.serial_number),
             ):
                 if self.root_crl.get_revoked_certificate_by_serial_number(serial) is not None:
-                    raise CertificateRevoked(f"{name} (serial {serial:x}) is revoked by the root CA CRL")
+                    raise CertificateRevoked(
+                        f"{name} (serial {serial:x}) is revoked by the root CA CRL"
+                    )
         if self.pck_crl is not None:
             _check_crl_signed(self.pck_crl, pck.issuer, "pck_crl")
             if self.pck_crl.get_revoked_certificate_by_serial_number(pck.pck_serial) is not None:
-                raise CertificateRevoked(f"PCK certificate (serial {pck.pck_serial:x}) is revoked by the PCK CRL")
+                raise CertificateRevoked(
+                    f"PCK certificate (serial {pck.pck_serial:x}) is revoked by the PCK CRL"
+                )
 
 
-def _signer_chain(pem: bytes, anchors: TrustAnchors, now: datetime, where: str, cache: BoundedCache[bytes, object] | None) -> SignerChain:
+def _signer_chain(
+    pem: bytes,
+    anchors: TrustAnchors,
+    now: datetime,
+    where: str,
+    cache: BoundedCache[bytes, object] | None,
+) -> SignerChain:
     ders = split_pem_certificates(pem, where)
     return verify_signer_chain(ders, anchors, now, where, cache)
 
@@ -707,18 +733,30 @@ def verify_collateral(
 ) -> VerifiedCollateral:
     """Chains to the pinned root, signatures over the raw JSON, CRL signatures, then dates."""
     check_aware(now)
-    key = b"tdx-collateral:" + hashlib.sha256(der_of(anchors.intel_root) + collateral.digest()).digest()
+    key = (
+        b"tdx-collateral:"
+        + hashlib.sha256(der_of(anchors.intel_root) + collateral.digest()).digest()
+    )
     verified: VerifiedCollateral | None = None
     if cache is not None:
         hit = cache.get(key)
         if isinstance(hit, VerifiedCollateral):
             verified = hit
     if verified is None:
-        tcb_signer = _signer_chain(collateral.tcb_info_issuer_chain, anchors, now, "tcb_info_issuer_chain", cache)
-        _verify_json_signature(tcb_signer.public_key, collateral.tcb_info, collateral.tcb_info_signature, "tcb_info")
-        qe_signer = _signer_chain(collateral.qe_identity_issuer_chain, anchors, now, "qe_identity_issuer_chain", cache)
+        tcb_signer = _signer_chain(
+            collateral.tcb_info_issuer_chain, anchors, now, "tcb_info_issuer_chain", cache
+        )
         _verify_json_signature(
-            qe_signer.public_key, collateral.qe_identity, collateral.qe_identity_signature, "qe_identity"
+            tcb_signer.public_key, collateral.tcb_info, collateral.tcb_info_signature, "tcb_info"
+        )
+        qe_signer = _signer_chain(
+            collateral.qe_identity_issuer_chain, anchors, now, "qe_identity_issuer_chain", cache
+        )
+        _verify_json_signature(
+            qe_signer.public_key,
+            collateral.qe_identity,
+            collateral.qe_identity_signature,
+            "qe_identity",
         )
         tcb_info = parse_tcb_info(collateral.tcb_info)
         qe_identity = parse_qe_identity(collateral.qe_identity)
@@ -769,7 +807,9 @@ def _find_module_identity(tcb_info: TcbInfo, version: int) -> TdxModuleIdentity:
     for identity in tcb_info.tdx_module_identities:
         if identity.id.upper() == wanted:
             return identity
-    raise TcbStatusRejected(f"tcb_info has no TDX module identity {wanted} for TEE_TCB_SVN[1]={version}")
+    raise TcbStatusRejected(
+        f"tcb_info has no TDX module identity {wanted} for TEE_TCB_SVN[1]={version}"
+    )
 
 
 def _first_isv_level(levels: tuple[IsvTcbLevel, ...], svn: int) -> IsvTcbLevel | None:
@@ -801,12 +841,18 @@ def check_qe_identity(qe_identity: QeIdentity, qe_report: QeReport) -> IsvTcbLev
             f"qe_report.isv_prod_id: {qe_report.isv_prod_id}, QE identity says {qe_identity.isv_prod_id}"
         )
     if not _masked_equal(qe_report.miscselect, qe_identity.miscselect, qe_identity.miscselect_mask):
-        raise QeIdentityMismatch("qe_report.miscselect: does not match the QE identity under its mask")
+        raise QeIdentityMismatch(
+            "qe_report.miscselect: does not match the QE identity under its mask"
+        )
     if not _masked_equal(qe_report.attributes, qe_identity.attributes, qe_identity.attributes_mask):
-        raise QeIdentityMismatch("qe_report.attributes: do not match the QE identity under its mask")
+        raise QeIdentityMismatch(
+            "qe_report.attributes: do not match the QE identity under its mask"
+        )
     level = _first_isv_level(qe_identity.tcb_levels, qe_report.isv_svn)
     if level is None:
-        raise TcbStatusRejected(f"QE ISVSVN {qe_report.isv_svn} is below every QE identity TCB level")
+        raise TcbStatusRejected(
+            f"QE ISVSVN {qe_report.isv_svn} is below every QE identity TCB level"
+        )
     if level.status not in _QE_STATUSES:
         raise TcbStatusRejected(f"qe_identity: unrecognised TCB status {level.status!r}")
     return level
@@ -830,17 +876,25 @@ def evaluate_tcb(
         )
     tee = body.tee_tcb_svn
     module_version = tee[1]
-    module = _find_module_identity(tcb_info, module_version) if module_version else tcb_info.tdx_module
+    module = (
+        _find_module_identity(tcb_info, module_version) if module_version else tcb_info.tdx_module
+    )
     if body.mr_signer_seam != module.mr_signer:
-        raise TdxModuleMismatch("body.mr_signer_seam: not the MRSIGNER of Intel's TDX module identity")
+        raise TdxModuleMismatch(
+            "body.mr_signer_seam: not the MRSIGNER of Intel's TDX module identity"
+        )
     if not _masked_equal(body.seam_attributes, module.attributes, module.attributes_mask):
-        raise TdxModuleMismatch("body.seam_attributes: do not match the TDX module identity under its mask")
+        raise TdxModuleMismatch(
+            "body.seam_attributes: do not match the TDX module identity under its mask"
+        )
 
     start = 2 if module_version else 0
     pck = extensions.tcb
     chosen: TcbLevel | None = None
     for level in tcb_info.tcb_levels:
-        if any(have < need for have, need in zip(pck.components, level.sgx_components, strict=True)):
+        if any(
+            have < need for have, need in zip(pck.components, level.sgx_components, strict=True)
+        ):
             continue
         if pck.pce_svn < level.pce_svn:
             continue
@@ -866,7 +920,9 @@ def evaluate_tcb(
                 f"TDX module SVN {tee[0]} is below every level of identity {module.id}"
             )
         if mlevel.status not in _MODULE_STATUSES:
-            raise TcbStatusRejected(f"tdx module identity: unrecognised TCB status {mlevel.status!r}")
+            raise TcbStatusRejected(
+                f"tdx module identity: unrecognised TCB status {mlevel.status!r}"
+            )
         module_status = mlevel.status
         components.append(mlevel.status)
         advisories.extend(mlevel.advisory_ids)

@@ -215,7 +215,9 @@ def _octets(data: bytes, tlv: tuple[int, int, int], path: str, size: int) -> byt
     return data[start:end]
 
 
-def _require(entries: dict[bytes, tuple[int, int, int]], oid: bytes, path: str) -> tuple[int, int, int]:
+def _require(
+    entries: dict[bytes, tuple[int, int, int]], oid: bytes, path: str
+) -> tuple[int, int, int]:
     try:
         return entries[oid]
     except KeyError:
@@ -312,7 +314,9 @@ _PEM_BLOCK = re.compile(
 )
 
 
-def split_pem_certificates(data: bytes, where: str, *, max_certs: int = MAX_CHAIN_CERTS) -> tuple[bytes, ...]:
+def split_pem_certificates(
+    data: bytes, where: str, *, max_certs: int = MAX_CHAIN_CERTS
+) -> tuple[bytes, ...]:
     """DER blobs of a PEM certificate bundle; trailing NUL bytes (as in real quotes) tolerated.
 
     Only whitespace may separate the blocks; anything else is MalformedEvidence.
@@ -328,7 +332,9 @@ def split_pem_certificates(data: bytes, where: str, *, max_certs: int = MAX_CHAI
         try:
             der = base64.b64decode(re.sub(rb"\s", b"", match.group(1)), validate=True)
         except (binascii.Error, ValueError):
-            raise MalformedEvidence(f"{where}: certificate {len(ders)} is not valid base64") from None
+            raise MalformedEvidence(
+                f"{where}: certificate {len(ders)} is not valid base64"
+            ) from None
         if not der or len(der) > MAX_CERT_DER:
             raise MalformedEvidence(f"{where}: certificate {len(ders)} has a bad size ({len(der)})")
         ders.append(der)
@@ -438,7 +444,9 @@ def _chain_key(root_der: bytes, ders: Sequence[bytes]) -> bytes:
     return b"tdx-pck:" + h.digest()
 
 
-def _verify_pck_chain_uncached(ders: Sequence[bytes], anchors: TrustAnchors, root_der: bytes) -> PckChain:
+def _verify_pck_chain_uncached(
+    ders: Sequence[bytes], anchors: TrustAnchors, root_der: bytes
+) -> PckChain:
     if len(ders) < 2:
         raise MissingCertificate("pck_chain: need the PCK and its issuing CA")
     if len(ders) > 3:
@@ -531,13 +539,18 @@ def verify_signer_chain(
         if is_ca(signer):
             raise ChainRejected(f"{where}[0]: a CA certificate cannot sign collateral")
         pub = signer.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(
+            pub.curve, ec.SECP256R1
+        ):
             raise ChainRejected(f"{where}[0]: key is not ECDSA P-256")
         chain = SignerChain(
             ders=tuple(ders),
             cert=signer,
             public_key=pub,
-            windows=((f"{where}[0]", window_of(signer)), ("intel root", window_of(anchors.intel_root))),
+            windows=(
+                (f"{where}[0]", window_of(signer)),
+                ("intel root", window_of(anchors.intel_root)),
+            ),
         )
         if cache is not None:
             cache.put(key, chain)

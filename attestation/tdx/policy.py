@@ -72,7 +72,9 @@ def check_reference(claims: TdxClaims, ref: TdxReference) -> None:
         raise MeasurementMismatch(f"MRSEAM {body.mr_seam.hex()} is not the reference MrSeam")
     for i, want in enumerate(ref.rtmrs):
         if want is not None and not _eq(body.rtmrs[i], want):
-            raise MeasurementMismatch(f"RTMR{i} {body.rtmrs[i].hex()} is not the reference Rtmrs[{i}]")
+            raise MeasurementMismatch(
+                f"RTMR{i} {body.rtmrs[i].hex()} is not the reference Rtmrs[{i}]"
+            )
     if ref.xfam is not None and not _eq(body.xfam, ref.xfam):
         raise MeasurementMismatch(f"XFAM {body.xfam.hex()} is not the reference Xfam")
     if ref.td_attributes is not None and not _eq(body.td_attributes, ref.td_attributes):

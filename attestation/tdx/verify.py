@@ -102,7 +102,9 @@ def verify_tdx(
         )
 
     if not _ecdsa_verify(q.attestation_public_key, q.signature, q.signed_bytes):
-        raise SignatureInvalid("quote signature: header and body are not signed by the attestation key")
+        raise SignatureInvalid(
+            "quote signature: header and body are not signed by the attestation key"
+        )
 
     tcb_status: str | None = None
     advisories: tuple[str, ...] = ()
@@ -120,7 +122,9 @@ def verify_tdx(
     ):
         raise ReportDataMismatch("report_data does not match the expected value")
 
-    claims = TdxClaims(body=q.body, qe_svn=q.qe_report.isv_svn, pck=pck.extensions, tcb_status=tcb_status)
+    claims = TdxClaims(
+        body=q.body, qe_svn=q.qe_report.isv_svn, pck=pck.extensions, tcb_status=tcb_status
+    )
     index = match_references(claims, references)
 
     return TdxVerified(

@@ -66,7 +66,9 @@ class Store(Protocol):
 
     def watch(self, key: str) -> AsyncIterator[bytes]:
         """New values of ``key`` as they are written (not the current one). Ends or raises on
-        failure; restarting is the caller's business."""
+        failure; restarting is the caller's business. The watch must already be listening when
+        ``watch()`` returns (not lazily on first iteration): callers read the current value right
+        after opening it and rely on not missing a write in between."""
         ...
 
     async def close(self) -> None: ...

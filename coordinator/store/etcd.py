@@ -26,7 +26,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
@@ -448,6 +448,9 @@ class EtcdStore:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="concord-etcd")
         self._watches: set[_RevisionWatch] = set()
         self._members: dict[str, _Member] = {}
+        # Highest etcd revision any read of ours has seen; a watch opened now starts right after
+        # it, so a write landing between ``watch()`` and the caller's next read is never missed.
+        self._revision_seen: int | None = None
 
     @classmethod
     async def connect(
@@ -530,17 +533,20 @@ class EtcdStore:
         reason = "no attempt"
         for i in range(n if idempotent else 1):
             conn = self._conns[(start + i) % n]
-            try:
-                result = op(conn.client())
-            except _ETCD_ERRORS as exc:
-                reason = f"{conn.label}: {_describe(exc)}"
-                if _is_auth_error(exc):
-                    conn.reset()
-                self._failover(conn)
-                continue
-            with self._lock:
-                self._current = (start + i) % n
-            return result
+            for reauth in (False, True):
+                try:
+                    result = op(conn.client())
+                except _ETCD_ERRORS as exc:
+                    reason = f"{conn.label}: {_describe(exc)}"
+                    if _is_auth_error(exc) and not reauth:
+                        # An expired token was refused before anything ran: log in again.
+                        conn.reset()
+                        continue
+                    self._failover(conn)
+                    break
+                with self._lock:
+                    self._current = (start + i) % n
+                return result
         raise StoreUnavailable(f"etcd unavailable ({reason})")
 
     async def _call(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
@@ -572,14 +578,20 @@ class EtcdStore:
 
     # -- Store -------------------------------------------------------------------------------
 
+    def _saw(self, response: Any) -> Any:
+        revision = int(response.header.revision)
+        if self._revision_seen is None or revision > self._revision_seen:
+            self._revision_seen = revision
+        return response
+
     async def ping(self) -> None:
         """A linearizable read: raises StoreUnavailable unless etcd has a working quorum."""
         probe = self.prefix + "ping"
-        await self._call(lambda c: c.get_response(probe, count_only=True))
+        self._saw(await self._call(lambda c: c.get_response(probe, count_only=True)))
 
     async def get(self, key: str) -> bytes:
         full = self._full(key)
-        response = await self._call(lambda c: c.get_response(full))
+        response = self._saw(await self._call(lambda c: c.get_response(full)))
         if not response.kvs:
             raise KeyNotFound(key)
         return bytes(response.kvs[0].value)
@@ -587,11 +599,11 @@ class EtcdStore:
     async def set(self, key: str, value: bytes) -> None:
         full = self._full(key)
         data = bytes(value)
-        await self._call(lambda c: c.put(full, data))
+        self._saw(await self._call(lambda c: c.put(full, data)))
 
     async def has(self, key: str) -> bool:
         full = self._full(key)
-        response = await self._call(lambda c: c.get_response(full, count_only=True))
+        response = self._saw(await self._call(lambda c: c.get_response(full, count_only=True)))
         return int(response.count) > 0
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:
@@ -601,9 +613,11 @@ class EtcdStore:
         def op(c: Any) -> bool:
             t = c.transactions
             compare = t.create(full) == 0 if old_b == b"" else t.value(full) == old_b
-            succeeded, _ = c.transaction(
+            succeeded, responses = c.transaction(
                 compare=[compare], success=[t.put(full, new_b)], failure=[]
             )
+            if succeeded and responses:
+                self._saw(responses[0].response_put)
             return bool(succeeded)
 
         # Not retried on another endpoint: after a lost reply the outcome is unknown.
@@ -611,14 +625,21 @@ class EtcdStore:
             raise ConcurrentUpdate(f"compare-and-swap of {key} lost: the value changed")
 
     def watch(self, key: str) -> AsyncIterator[bytes]:
+        """New values of ``key``. The stream itself opens on first iteration, but it starts
+        right after the newest revision this store had seen when ``watch()`` was called, so it
+        covers every write from then on (an older value may be replayed; consumers of ``latest``
+        are idempotent)."""
         check_key(key)
-        return self._watch_key(key)
+        return self._watch_key(key, self._revision_seen)
 
-    async def _watch_key(self, key: str) -> AsyncIterator[bytes]:
+    async def _watch_key(self, key: str, floor: int | None) -> AsyncIterator[bytes]:
         full = self._full(key)
-        response = await self._call(lambda c: c.get_response(full))
+        response = self._saw(await self._call(lambda c: c.get_response(full)))
         last = bytes(response.kvs[0].value) if response.kvs else None
-        watch = _RevisionWatch(self, full.encode(), None, response.header.revision + 1, key)
+        start = int(response.header.revision) + 1
+        if floor is not None and floor + 1 < start:
+            start, last = floor + 1, None  # replay what was written since watch() was called
+        watch = _RevisionWatch(self, full.encode(), None, start, key)
         self._watches.add(watch)
         try:
             while True:
@@ -708,17 +729,19 @@ class EtcdStore:
         while True:
             await asyncio.sleep(max(member.ttl / 3, 0.2))
             async with member.lock:
-                lease_id = member.lease_id
                 try:
-                    left = await self._call(lambda c: self._refresh_sync(c, lease_id))
-                    if left <= 0:
-                        m = member
-                        member.lease_id = await self._call(
-                            lambda c: self._register_sync(c, m.key, m.value, m.ttl, None)
-                        )
-                        log.warning("membership lease of %s had expired; re-registered", member_id)
+                    await self._refresh_member(member_id, member)
                 except StoreUnavailable as exc:
                     log.warning("membership keep-alive of %s failed: %s", member_id, exc)
+
+    async def _refresh_member(self, member_id: str, member: _Member) -> None:
+        lease_id = member.lease_id
+        left = await self._call(lambda c: self._refresh_sync(c, lease_id))
+        if left > 0:
+            return
+        key, value, ttl = member.key, member.value, member.ttl
+        member.lease_id = await self._call(lambda c: self._register_sync(c, key, value, ttl, None))
+        log.warning("membership lease of %s had expired; re-registered", member_id)
 
     async def stop_member(self, member_id: str, *, revoke: bool = True) -> None:
         """Stop keeping ``members/<member_id>`` alive. ``revoke`` deletes it now (a clean
@@ -759,7 +782,7 @@ class EtcdStore:
             return None
         return text if _MEMBER_ID_RE.match(text) else None
 
-    async def watch_members(self) -> AsyncIterator[dict[str, bytes]]:
+    async def watch_members(self) -> AsyncGenerator[dict[str, bytes], None]:
         """The member set now, then again after every change (same failure rules as watch)."""
         prefix = (self.prefix + "members/").encode()
         members, revision = await self._members_snapshot()

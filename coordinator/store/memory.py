@@ -37,6 +37,8 @@ class _Fail:
 
 
 _Item = bytes | _End | _Fail
+Hook = Callable[[str], Awaitable[None]]
+_HOOKABLE = ("get", "set", "has", "compare_and_swap")
 
 
 class _Backend:
@@ -124,7 +126,8 @@ class MemoryStore:
         self._closed = False
         self._unavailable: BaseException | None = None
         self._fail_watch: list[BaseException] = []
-        self._hooks: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._before: dict[str, Hook] = {}
+        self._after: dict[str, Hook] = {}
         self.op_counts: Counter[str] = Counter()
         """How often each operation was called on this view (for cache tests)."""
 
@@ -152,18 +155,29 @@ class MemoryStore:
             w._unregister()
         return len(broken)
 
-    def before(self, op: str, hook: Callable[[str], Awaitable[None]] | None) -> None:
+    def before(self, op: str, hook: Hook | None) -> None:
         """Await ``hook(key)`` at the start of every ``op`` on this view (None removes it).
 
         ``op`` is one of get, set, has, compare_and_swap. Lets a test pause an operation at a
         chosen point, or make it raise.
         """
-        if op not in ("get", "set", "has", "compare_and_swap"):
+        self._set_hook(self._before, op, hook)
+
+    def after(self, op: str, hook: Hook | None) -> None:
+        """Await ``hook(key)`` after ``op`` took effect, before it returns (reply latency).
+
+        A failed operation (KeyNotFound, ConcurrentUpdate) raises without running the hook.
+        """
+        self._set_hook(self._after, op, hook)
+
+    @staticmethod
+    def _set_hook(table: dict[str, Hook], op: str, hook: Hook | None) -> None:
+        if op not in _HOOKABLE:
             raise ValueError(f"unknown store operation {op!r}")
         if hook is None:
-            self._hooks.pop(op, None)
+            table.pop(op, None)
         else:
-            self._hooks[op] = hook
+            table[op] = hook
 
     def set_unavailable(self, exc: BaseException | None = None) -> None:
         """Make every operation of this view raise ``exc`` until :meth:`set_available`."""
@@ -185,7 +199,7 @@ class MemoryStore:
     async def _enter(self, op: str, key: str) -> None:
         check_key(key)
         self.op_counts[op] += 1
-        hook = self._hooks.get(op)
+        hook = self._before.get(op)
         if hook is not None:
             await hook(key)
         if self._yield:
@@ -201,23 +215,33 @@ class MemoryStore:
             for _ in range(self._interleave.randint(0, 3)):
                 await asyncio.sleep(0)
 
+    async def _leave(self, op: str, key: str) -> None:
+        await self._jitter()
+        hook = self._after.get(op)
+        if hook is not None:
+            await hook(key)
+
     async def get(self, key: str) -> bytes:
         await self._enter("get", key)
         try:
-            return self._backend.data[key]
+            value = self._backend.data[key]
         except KeyError:
             raise KeyNotFound(key) from None
+        await self._leave("get", key)
+        return value
 
     async def set(self, key: str, value: bytes) -> None:
         await self._enter("set", key)
         value = bytes(value)
         self._backend.data[key] = value
         self._backend.publish(key, value)
-        await self._jitter()
+        await self._leave("set", key)
 
     async def has(self, key: str) -> bool:
         await self._enter("has", key)
-        return key in self._backend.data
+        found = key in self._backend.data
+        await self._leave("has", key)
+        return found
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:
         await self._enter("compare_and_swap", key)
@@ -227,7 +251,7 @@ class MemoryStore:
         new = bytes(new)
         self._backend.data[key] = new
         self._backend.publish(key, new)
-        await self._jitter()
+        await self._leave("compare_and_swap", key)
 
     def watch(self, key: str) -> MemoryWatch:
         check_key(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -264,7 +265,7 @@ async def test_walk_back_to_zero_root() -> None:
     walked = await h.walk(chain[-1].hash)
     assert walked == chain
     assert walked[0].previous == ZERO_HASH
-    assert all(b.previous == a.hash for a, b in zip(walked, walked[1:], strict=False))
+    assert all(b.previous == a.hash for a, b in itertools.pairwise(walked))
     assert await h.walk(chain[2].hash) == chain[:3]
     assert await h.walk(ZERO_HASH) == []
 

@@ -90,7 +90,12 @@ def test_vlek_v3_fields(vlek_v3: bytes) -> None:
     assert r.vmpl == 1
     assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (0x19, 0x01, 0x01)
     assert r.cpuid_product == "Milan"
-    assert r.platform_info.flags == {"SMTEnabled", "TSMEEnabled", "ECCEnabled", "AliasCheckComplete"}
+    assert r.platform_info.flags == {
+        "SMTEnabled",
+        "TSMEEnabled",
+        "ECCEnabled",
+        "AliasCheckComplete",
+    }
     assert r.chip_id_masked
     assert decode_tcb(r.reported_tcb_raw, "Milan") == SnpTcb(4, 0, 0x18, 0xD9)
     assert decode_tcb(r.current_tcb_raw, "Milan").microcode == 0xDC
@@ -121,7 +126,11 @@ def test_version_5_reads_mitigation_vectors(milan: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("size", "error"),
-    [(0, MalformedEvidence), (REPORT_SIZE - 1, MalformedEvidence), (REPORT_SIZE + 1, SizeLimitExceeded)],
+    [
+        (0, MalformedEvidence),
+        (REPORT_SIZE - 1, MalformedEvidence),
+        (REPORT_SIZE + 1, SizeLimitExceeded),
+    ],
     ids=["empty", "truncated", "oversized"],
 )
 def test_size_must_be_exact(milan: bytes, size: int, error: type[Exception]) -> None:
@@ -225,7 +234,9 @@ def test_mask_chip_key_with_vcek_is_contradictory(milan: bytes) -> None:
     assert parse_report(_set(milan, 0x48, _u32(2 | 1 << 2))).mask_chip_key
 
 
-@pytest.mark.parametrize(("vmpl", "ok"), [(3, True), (4, False), (0xFFFFFFFE, False), (0xFFFFFFFF, True)])
+@pytest.mark.parametrize(
+    ("vmpl", "ok"), [(3, True), (4, False), (0xFFFFFFFE, False), (0xFFFFFFFF, True)]
+)
 def test_vmpl_range(milan: bytes, vmpl: int, ok: bool) -> None:
     raw = _set(milan, 0x30, _u32(vmpl))
     if ok:
@@ -236,8 +247,17 @@ def test_vmpl_range(milan: bytes, vmpl: int, ok: bool) -> None:
 
 
 def test_policy_roundtrip_all_bits() -> None:
-    names = {"SMT", "MigrateMA", "Debug", "SingleSocket", "CXLAllow", "MemAES256XTS", "RAPLDis",
-             "CipherTextHiding", "PageSwapDisable"}
+    names = {
+        "SMT",
+        "MigrateMA",
+        "Debug",
+        "SingleSocket",
+        "CXLAllow",
+        "MemAES256XTS",
+        "RAPLDis",
+        "CipherTextHiding",
+        "PageSwapDisable",
+    }
     for name in names:
         p = decode_policy(encode_policy(abi_major=1, abi_minor=55, flags={name}))
         assert p.flags == {name} and (p.abi_major, p.abi_minor) == (1, 55)
@@ -247,8 +267,14 @@ def test_policy_roundtrip_all_bits() -> None:
 
 def test_platform_info_bits() -> None:
     p = decode_platform_info(0x3F)
-    assert p.flags == {"SMTEnabled", "TSMEEnabled", "ECCEnabled", "RAPLDisabled",
-                       "CiphertextHidingEnabled", "AliasCheckComplete"}
+    assert p.flags == {
+        "SMTEnabled",
+        "TSMEEnabled",
+        "ECCEnabled",
+        "RAPLDisabled",
+        "CiphertextHidingEnabled",
+        "AliasCheckComplete",
+    }
     assert p.unknown_bits == 0
     assert decode_platform_info(1 << 7 | 1).unknown_bits == 1 << 7
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -64,7 +65,9 @@ M2 = manifest("coord", "web", "db")
 @cache
 def engine(i: int) -> SeedEngine:
     """Seed engines are deterministic from seed and salt: derive them once per test run."""
-    return SeedEngine(hashlib.sha512(b"seed %d" % i).digest(), hashlib.sha256(b"salt %d" % i).digest())
+    return SeedEngine(
+        hashlib.sha512(b"seed %d" % i).digest(), hashlib.sha256(b"salt %d" % i).digest()
+    )
 
 
 def authorizer_for(
@@ -153,14 +156,16 @@ async def test_generation_counts_and_ancestors() -> None:
     states = [await g.update_state(None, M1, [], seed_engine=engine(0))]
     for i in range(4):
         states.append(
-            await g.update_state(states[-1], M2 if i % 2 == 0 else M1, [policy("db")] if i % 2 == 0 else [])
+            await g.update_state(
+                states[-1], M2 if i % 2 == 0 else M1, [policy("db")] if i % 2 == 0 else []
+            )
         )
     assert [s.generation for s in states] == [1, 2, 3, 4, 5]
     last = states[-1]
     assert last.ancestors == frozenset(s.transition.hash for s in states[:-1])
     assert all(last.knows(s.transition.hash) for s in states)
     assert not states[0].knows(last.transition.hash)
-    for a, b in zip(states, states[1:], strict=False):
+    for a, b in itertools.pairwise(states):
         assert b.transition.previous == a.transition.hash
         assert b.seed_engine is a.seed_engine
         assert b.mesh_key is not a.mesh_key  # a new random mesh key per manifest
@@ -396,7 +401,7 @@ async def test_late_notifications_never_mark_stale() -> None:
     async with watching([g]):
         s1 = await g.update_state(None, M1, [], seed_engine=engine(0))
         s2 = await g.update_state(s1, M2, [])
-        assert g._seen.count(s1.transition.hash) == 0  # nothing delivered yet
+        assert not g.seen(s1.transition.hash)  # nothing delivered yet
         gated.gate.set()
         await all_seen([g], s1.transition.hash)
         await all_seen([g], s2.transition.hash)
@@ -434,10 +439,67 @@ async def test_notification_during_own_lost_cas_marks_stale() -> None:
         mine = b.current()
         with pytest.raises(ConcurrentUpdate):
             await b.update_state(mine, M2, [])
-        assert won[0].transition.hash in b._seen
+        assert b.seen(won[0].transition.hash)
         assert mine is not None and mine.stale  # same transition hash, but not ours
         with pytest.raises(Stale):
             await b.get_state()
+
+
+async def test_move_reported_before_our_cas_reply_marks_new_state_stale() -> None:
+    """Our CAS took effect; before its reply arrives another coordinator builds on it."""
+    store = MemoryStore()
+    view = store.clone_view()
+    calls: list[State | None] = []
+    a = Guard(History(view), on_stale=calls.append)
+    s1 = await a.update_state(None, M1, [], seed_engine=engine(0))
+    b = Guard(History(store.clone_view()))
+    async with watching([a]):
+        later: list[State] = []
+
+        async def b_builds_on_it(key: str) -> None:
+            if key == LATEST_KEY and not later:
+
+                async def user(m: Manifest) -> tuple[SeedEngine, None]:
+                    return engine(0), None
+
+                await b.reset_state(None, user)
+                later.append(await b.update_state(b.current(), M1, []))
+                await a.wait_seen(later[0].transition.hash)
+
+        view.after("compare_and_swap", b_builds_on_it)
+        new = await a.update_state(s1, M2, [])
+        assert later[0].transition.previous == new.transition.hash
+        assert a.current() is new and new.generation == 2
+        # The watcher saw the move while s1 was current, then ours was installed behind it.
+        assert new.stale and s1.stale and calls == [s1, new]
+        with pytest.raises(Stale) as e:
+            await a.get_state()
+        assert e.value.state is new
+
+
+async def test_move_reported_during_reset_reread_is_concurrent() -> None:
+    """The re-read of ``latest`` returns the old value, but the watcher already saw a move."""
+    store = MemoryStore()
+    a = Guard(History(store))
+    s1 = await a.update_state(None, M1, [], seed_engine=engine(0))
+    view = store.clone_view()
+    b = Guard(History(view))
+    async with watching([b]):
+        reads: list[int] = []
+
+        async def move_after_second_read(key: str) -> None:
+            if key != LATEST_KEY:
+                return
+            reads.append(1)
+            if len(reads) == 2:  # reset_state's re-read has its (now old) value
+                s2 = await a.update_state(s1, M2, [])
+                await b.wait_seen(s2.transition.hash)
+
+        view.after("get", move_after_second_read)
+        with pytest.raises(ConcurrentUpdate):
+            await b.reset_state(None, authorizer_for(s1))
+        assert len(reads) == 2
+        assert b.current() is None
 
 
 async def test_watcher_restarts_with_backoff() -> None:

@@ -1,0 +1,634 @@
+"""The ``concord`` command (DESIGN §11).
+
+Exit codes: 0 success; 1 the operation was refused or could not be proven (gRPC refusal,
+attestation failure, verification failure, coordinator unreachable); 2 usage errors (bad flags,
+unreadable or unusable local files). Errors are one line ``concord: <reason>`` on stderr, never
+a traceback (set ``CONCORD_DEBUG=1`` to get one). Commands that produce data take ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from attestation.anchors import AnchorError, TrustAnchors
+from attestation.errors import EvidenceRejected
+
+PROG = "concord"
+
+# Defaults for a coordinator in a real CVM.
+DEFAULT_STORE = "file:/var/lib/concord"
+DEFAULT_TEE = "tsm"
+DEFAULT_TRUST_ANCHORS = "production"
+
+
+class UsageError(Exception):
+    """Bad invocation or unusable local input: exit code 2."""
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def _existing_file(path: str | None, flag: str) -> str | None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    return path
+
+
+def _anchors(spec: str) -> TrustAnchors:
+    from attestation.anchors import from_spec
+
+    try:
+        return from_spec(spec)
+    except AnchorError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _private_key(path: str, what: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    data = _read(path, what)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise UsageError(f"{what} {path}: encrypted keys are not supported") from None
+    except (ValueError, Exception):
+        raise UsageError(f"{what} {path}: not a PEM private key") from None
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: Sequence[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in text:
+            print(line)
+    sys.stdout.flush()
+
+
+def _fingerprint(pem: bytes) -> str:
+    from coordinator.client import cert_fingerprint
+
+    return cert_fingerprint(pem)
+
+
+def _out_dir(path: str) -> Path:
+    from coordinator.client import InvalidInput, ensure_dir
+
+    try:
+        return ensure_dir(Path(path))
+    except (OSError, InvalidInput) as exc:
+        raise UsageError(f"--out {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def _etcd_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for flag, key in (("etcd_ca", "ca_cert"), ("etcd_cert", "cert_cert"), ("etcd_key", "cert_key")):
+        value = getattr(args, flag)
+        if value is not None:
+            options[key] = _existing_file(value, "--" + flag.replace("_", "-"))
+    if args.etcd_user is not None:
+        options["user"] = args.etcd_user
+    if args.etcd_password_file is not None:
+        raw = _read(args.etcd_password_file, "--etcd-password-file")
+        options["password"] = raw.decode("utf-8", "strict").rstrip("\r\n")
+    if ("user" in options) != ("password" in options):
+        raise UsageError("--etcd-user and --etcd-password-file: give both or neither")
+    if options and not args.store.startswith("etcd://"):
+        raise UsageError("--etcd-* flags need --store etcd://HOST:PORT[,...]")
+    return options
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.server import ServerConfig, serve, setup_logging
+
+    if args.tee != "tsm" and not (args.tee.startswith("mock:") and len(args.tee) > 5):
+        raise UsageError(f"--tee must be 'tsm' or 'mock:DIR', got {args.tee!r}")
+    if args.tee.startswith("mock:") and args.mock_policy is None:
+        raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)")
+    _existing_file(args.mock_policy, "--mock-policy")
+    if not args.store.startswith(("file:", "etcd://", "memory:")):
+        raise UsageError(f"--store must be file:DIR or etcd://HOST:PORT[,...], got {args.store!r}")
+    _anchors(args.trust_anchors)  # fail early, as a usage error
+    config = ServerConfig(
+        store=args.store,
+        tee=args.tee,
+        mock_policy=Path(args.mock_policy) if args.mock_policy else None,
+        mock_tee_type=args.mock_tee_type,
+        trust_anchors=args.trust_anchors,
+        user_addr=args.user_addr,
+        mesh_addr=args.mesh_addr,
+        http_addr=args.http_addr,
+        deployment=args.deployment,
+        peers=tuple(args.peer or ()),
+        advertise_mesh_addr=args.advertise_mesh_addr,
+        node_id=args.node_id,
+        etcd_options=_etcd_options(args),
+        issuer_workers=args.issuer_workers,
+    )
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        if os.environ.get("CONCORD_DEBUG"):
+            traceback.print_exc()
+        _err(f"serve: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+# --- set / verify / recover ----------------------------------------------------------------------
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from coordinator.client import set_manifest
+
+    manifest = _read(args.manifest, "manifest")
+    policies = [_read(p, "policy") for p in args.policy or ()]
+    owner_key = _private_key(args.owner_key, "--owner-key") if args.owner_key else None
+    anchors = _anchors(args.trust_anchors)
+    out = _out_dir(args.out)
+    result = asyncio.run(
+        set_manifest(
+            args.coordinator, manifest, policies, anchors=anchors, owner_key=owner_key
+        )
+    )
+    from coordinator.client import write_file
+
+    files = ["root-ca.pem", "mesh-ca.pem"]
+    write_file(out / "root-ca.pem", result.root_ca_pem)
+    write_file(out / "mesh-ca.pem", result.mesh_ca_pem)
+    if result.first:
+        name = "seedshares.json"
+        if (out / name).exists():
+            name = f"seedshares-{result.transition_hash.hex()[:16]}.json"
+            _err(f"warning: {out / 'seedshares.json'} exists, wrote the new shares to {name}")
+        write_file(out / name, result.seed_share_document, 0o600)
+        files.append(name)
+    _emit(
+        args,
+        {
+            "transition_hash": result.transition_hash.hex(),
+            "previous_transition_hash": result.previous_transition_hash.hex(),
+            "first": result.first,
+            "root_ca_sha256": _fingerprint(result.root_ca_pem),
+            "mesh_ca_sha256": _fingerprint(result.mesh_ca_pem),
+            "out": str(out),
+            "files": files,
+        },
+        [
+            f"manifest set ({'first manifest' if result.first else 'update'})",
+            f"transition  {result.transition_hash.hex()}",
+            f"root CA     sha256:{_fingerprint(result.root_ca_pem)}",
+            f"mesh CA     sha256:{_fingerprint(result.mesh_ca_pem)}",
+            f"wrote       {', '.join(str(out / f) for f in files)}",
+            *(
+                ["keep seedshares.json and the seed-share keys safe: they recover the deployment"]
+                if result.first
+                else []
+            ),
+        ],
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from coordinator.client import ensure_dir, fetch_and_verify_history, write_file
+
+    manifest = _read(args.manifest, "manifest")
+    anchors = _anchors(args.trust_anchors)
+    out = _out_dir(args.out)
+    history = asyncio.run(fetch_and_verify_history(args.coordinator, manifest, anchors=anchors))
+    write_file(out / "root-ca.pem", history.root_ca_pem)
+    write_file(out / "mesh-ca.pem", history.mesh_ca_pem)
+    mdir = ensure_dir(out / "manifests", 0o755)
+    pdir = ensure_dir(out / "policies", 0o755)
+    import hashlib
+
+    entries = []
+    for i, (raw, transition) in enumerate(
+        zip(history.manifests, history.transitions, strict=True), start=1
+    ):
+        digest = hashlib.sha256(raw).hexdigest()
+        write_file(mdir / f"{i:04d}-{digest}.json", raw)
+        entries.append({"index": i, "sha256": digest, "transition_hash": transition.hex()})
+    for digest, raw in sorted(history.policies.items()):
+        write_file(pdir / digest, raw)
+    _emit(
+        args,
+        {
+            "latest_transition_hash": history.latest_transition_hash.hex(),
+            "manifests": entries,
+            "policies": sorted(history.policies),
+            "root_ca_sha256": _fingerprint(history.root_ca_pem),
+            "mesh_ca_sha256": _fingerprint(history.mesh_ca_pem),
+            "out": str(out),
+        },
+        [
+            f"verified: {len(entries)} manifest(s), latest is the given manifest",
+            f"latest transition  {history.latest_transition_hash.hex()}",
+            f"root CA            sha256:{_fingerprint(history.root_ca_pem)}",
+            f"mesh CA            sha256:{_fingerprint(history.mesh_ca_pem)}",
+            f"wrote              {out}/root-ca.pem, mesh-ca.pem, manifests/, policies/",
+        ],
+    )
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from coordinator.client import recover
+
+    manifest = _read(args.manifest, "manifest")
+    seedshares = _read(args.seedshares, "--seedshares")
+    key = _private_key(args.seedshare_key, "--seedshare-key")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UsageError(f"--seedshare-key {args.seedshare_key}: not an RSA private key")
+    anchors = _anchors(args.trust_anchors)
+    asyncio.run(
+        recover(args.coordinator, manifest, seedshares, key, anchors=anchors, force=args.force)
+    )
+    _emit(args, {"recovered": True}, ["coordinator recovered"])
+    return 0
+
+
+# --- join ----------------------------------------------------------------------------------------
+
+
+def _join_policy(args: argparse.Namespace) -> Any:
+    from attestation.reference import parse_reference_values
+    from coordinator.client import CoordinatorPolicy
+
+    mock_dir = args.tee[len("mock:") :] if args.tee.startswith("mock:") else None
+    anchors_spec = args.trust_anchors or (f"mock:{mock_dir}" if mock_dir else "production")
+    refs_path = args.reference_values
+    if refs_path is None:
+        if mock_dir is None:
+            raise UsageError("--tee tsm needs --reference-values FILE")
+        refs_path = str(Path(mock_dir) / "reference-values.json")
+    raw = _read(refs_path, "--reference-values")
+    try:
+        refs = parse_reference_values(json.loads(raw))
+    except ValueError as exc:
+        raise UsageError(f"--reference-values {refs_path}: {exc}") from None
+    policy_hash: bytes | None = None
+    if args.coordinator_policy_hash is not None:
+        text = args.coordinator_policy_hash.strip().lower()
+        try:
+            policy_hash = bytes.fromhex(text)
+        except ValueError:
+            policy_hash = b""
+        if len(policy_hash) != 32:
+            raise UsageError("--coordinator-policy-hash: want 64 hex characters")
+    else:
+        _err(
+            "warning: --coordinator-policy-hash not given: any coordinator policy is accepted "
+            "(the coordinator is not pinned to a deployment)"
+        )
+    return CoordinatorPolicy(_anchors(anchors_spec), refs, policy_hash)
+
+
+def _join_provider(args: argparse.Namespace) -> Any:
+    from attestation.providers.base import ProviderError
+
+    if args.tee == "tsm":
+        from attestation.providers.tsm import TsmProvider
+
+        return TsmProvider()
+    if args.tee.startswith("mock:") and len(args.tee) > 5:
+        from attestation.providers.mock import MockProvider
+
+        if args.mock_policy is None:
+            raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the CVM runs)")
+        policy = _read(args.mock_policy, "--mock-policy")
+        try:
+            return MockProvider(args.tee[5:], policy, tee=args.mock_tee_type)
+        except ProviderError as exc:
+            raise UsageError(str(exc)) from None
+    raise UsageError(f"--tee must be 'tsm' or 'mock:DIR', got {args.tee!r}")
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    from coordinator.client import join
+
+    provider = _join_provider(args)
+    policy = _join_policy(args)
+    out = _out_dir(args.out)
+    tty = sys.stderr.isatty()
+
+    def on_wait(reason: str, attempt: int, delay: float) -> None:
+        if tty:
+            _err(f"waiting for the coordinator ({reason}); attempt {attempt}, next in {delay:.1f}s")
+
+    result = asyncio.run(
+        join(
+            args.coordinator,
+            provider,
+            policy=policy,
+            out_dir=out,
+            key_type=args.key_type,
+            timeout=args.timeout,
+            on_wait=on_wait,
+        )
+    )
+    _emit(
+        args,
+        {
+            "out": str(out),
+            "files": list(result.files),
+            "tee": result.tee,
+            "policy_hash": result.policy_hash.hex(),
+            "workload_secret": result.has_workload_secret,
+            "attempts": result.attempts,
+            "cert_sha256": _fingerprint(result.cert_pem),
+            "root_ca_sha256": _fingerprint(result.root_ca_pem),
+            "mesh_ca_sha256": _fingerprint(result.mesh_ca_pem),
+        },
+        [
+            f"joined ({result.tee}, policy {result.policy_hash.hex()[:16]}…)",
+            f"wrote {', '.join(str(out / f) for f in result.files)}",
+        ],
+    )
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coordinator import demo
+
+    if args.workloads < 1 or args.workloads > 64:
+        raise UsageError("--workloads: want 1..64")
+    return demo.main(args)
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def _add_common_client(p: argparse.ArgumentParser, *, user_port: bool = True) -> None:
+    port = "user API (default port 1313)" if user_port else "mesh API (default port 7777)"
+    p.add_argument(
+        "-c", "--coordinator", required=True, metavar="HOST:PORT", help=f"coordinator {port}"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_anchors(p: argparse.ArgumentParser, default: str | None = DEFAULT_TRUST_ANCHORS) -> None:
+    p.add_argument(
+        "--trust-anchors",
+        default=default,
+        metavar="production|mock:DIR",
+        help="roots the coordinator's evidence must chain to"
+        + (f" (default {default})" if default else ""),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Concord: attestation-aware coordinator for confidential computing.",
+        epilog="Exit codes: 0 success, 1 refused or unverifiable, 2 usage error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # serve
+    p = sub.add_parser(
+        "serve",
+        help="run a coordinator",
+        description="Run a coordinator until SIGTERM/SIGINT. Prints one JSON line "
+        '{"event":"serving",...} with the bound addresses once listening (port 0 = any free).',
+    )
+    p.add_argument(
+        "--store", default=DEFAULT_STORE, help=f"file:DIR or etcd://HOST:PORT[,...] ({DEFAULT_STORE})"
+    )
+    p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
+    p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
+    p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
+    _add_anchors(p)
+    p.add_argument("--user-addr", default="0.0.0.0:1313", metavar="HOST:PORT")
+    p.add_argument("--mesh-addr", default="0.0.0.0:7777", metavar="HOST:PORT")
+    p.add_argument("--http-addr", default="0.0.0.0:9102", metavar="HOST:PORT")
+    p.add_argument("--deployment", default="default", help="deployment name (etcd key prefix)")
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", help="static peer (mesh API)")
+    p.add_argument("--advertise-mesh-addr", metavar="HOST:PORT", help="mesh address for peers")
+    p.add_argument("--node-id", help="member ID (default random)")
+    p.add_argument("--issuer-workers", type=int, help="issuance threads (default CPU count)")
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    p.add_argument("--etcd-ca", metavar="FILE", help="CA bundle: enables TLS to etcd")
+    p.add_argument("--etcd-cert", metavar="FILE", help="client certificate for etcd")
+    p.add_argument("--etcd-key", metavar="FILE", help="client key for etcd")
+    p.add_argument("--etcd-user", help="etcd user (needs TLS)")
+    p.add_argument("--etcd-password-file", metavar="FILE", help="file holding the etcd password")
+    p.set_defaults(func=cmd_serve)
+
+    # set
+    p = sub.add_parser(
+        "set",
+        help="set or update the manifest",
+        description="Verify the coordinator against MANIFEST's coordinator policy and reference "
+        "values, then set MANIFEST. Writes root-ca.pem, mesh-ca.pem and, on the first manifest, "
+        "seedshares.json to --out. An update needs --owner-key.",
+    )
+    _add_common_client(p)
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument(
+        "--policy",
+        action="extend",
+        nargs="+",
+        metavar="FILE",
+        help="policy documents referenced by the manifest (all of them)",
+    )
+    p.add_argument("--owner-key", metavar="KEY.pem", help="workload owner key (updates)")
+    _add_anchors(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_set)
+
+    # verify
+    p = sub.add_parser(
+        "verify",
+        help="verify the coordinator and its manifest history",
+        description="Attest the coordinator against MANIFEST, fetch the history, require the "
+        "latest manifest to equal MANIFEST byte for byte, re-verify the chain and its signature. "
+        "Writes root-ca.pem, mesh-ca.pem, manifests/ and policies/ to --out.",
+    )
+    _add_common_client(p)
+    p.add_argument("manifest", metavar="MANIFEST")
+    _add_anchors(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_verify)
+
+    # recover
+    p = sub.add_parser(
+        "recover",
+        help="recover a coordinator with a seed share",
+        description="Verify the coordinator against MANIFEST (the latest manifest you hold), "
+        "then send it the seed, sealed to its attested key.",
+    )
+    _add_common_client(p)
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--seedshares", required=True, metavar="FILE", help="seedshares.json")
+    p.add_argument("--seedshare-key", required=True, metavar="KEY.pem", help="RSA private key")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recover even while a ready peer exists (mints a new mesh key: splits the mesh)",
+    )
+    _add_anchors(p)
+    p.set_defaults(func=cmd_recover)
+
+    # join
+    p = sub.add_parser(
+        "join",
+        help="attest a workload and fetch its certificate and secret",
+        description="Attest the coordinator, send this CVM's evidence, and write key.pem (0600), "
+        "cert.pem, chain.pem, mesh-ca.pem, root-ca.pem and workload-secret (0600, when the "
+        "policy has a secret ID) to --out. Retries while the coordinator is not ready.",
+    )
+    _add_common_client(p, user_port=False)
+    p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
+    p.add_argument("--mock-policy", metavar="FILE", help="policy this mock CVM runs")
+    p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
+    _add_anchors(p, default=None)
+    p.add_argument(
+        "--coordinator-policy-hash",
+        metavar="HEX",
+        help="pin the coordinator's policy (SHA-256); without it any policy is accepted",
+    )
+    p.add_argument(
+        "--reference-values",
+        metavar="FILE",
+        help="coordinator reference values JSON (default with mock:DIR: DIR/reference-values.json)",
+    )
+    p.add_argument("--key-type", default="p256", choices=("p256", "p384", "ed25519"))
+    p.add_argument("--timeout", type=float, default=60.0, help="give up after SECONDS (60)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_join)
+
+    # demo
+    p = sub.add_parser(
+        "demo",
+        help="run the whole flow locally with the software TEE",
+        description="Start a coordinator process with the mock TEE, set a manifest, join "
+        "workloads, verify, update, restart, recover and join again; print a report.",
+    )
+    p.add_argument("--workloads", type=int, default=3, metavar="N")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: temp dir)")
+    p.set_defaults(func=cmd_demo)
+
+    _register_attestation(sub)
+    return parser
+
+
+def _register_attestation(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``evidence`` and ``mock-tee`` live with the attestation layer."""
+    try:
+        from attestation import cli as attestation_cli
+    except ModuleNotFoundError as exc:
+        if exc.name != "attestation.cli":
+            raise
+        return
+    attestation_cli.register(sub)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from attestation.providers.base import ProviderError
+    from coordinator.client import (
+        AttestationFailed,
+        InvalidInput,
+        NotReady,
+        OperationRefused,
+        VerificationFailed,
+    )
+
+    try:
+        return func(args)
+    except UsageError as exc:
+        _err(str(exc))
+        return 2
+    except InvalidInput as exc:
+        _err(str(exc))
+        return 2
+    except (AttestationFailed, EvidenceRejected) as exc:
+        _err(f"coordinator attestation failed: {exc}")
+        return 1
+    except (OperationRefused, VerificationFailed) as exc:
+        _err(str(exc))
+        return 1
+    except NotReady as exc:
+        _err(f"coordinator not ready: {exc}")
+        return 1
+    except ProviderError as exc:
+        _err(f"evidence provider failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except asyncio.CancelledError:
+        _err("cancelled")
+        return 143
+    except Exception as exc:
+        if os.environ.get("CONCORD_DEBUG"):
+            traceback.print_exc()
+        _err(_describe(exc, args))
+        return 1
+
+
+def _describe(exc: Exception, args: argparse.Namespace) -> str:
+    import grpc
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.filename is None
+    ):
+        target = getattr(args, "coordinator", None)
+        where = f" at {target}" if target else ""
+        return f"cannot reach the coordinator{where}: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    return _dispatch(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

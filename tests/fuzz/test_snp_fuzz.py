@@ -1,0 +1,179 @@
+"""Fuzzing the SEV-SNP parsers: only typed rejections (EvidenceRejected) may ever escape.
+
+Per parser about 20,000+ examples in total: the report parser on arbitrary bytes, on arbitrary
+1184-byte inputs with a plausible header, and on mutations of the real reports; the AMD
+extension decoder on arbitrary values, on mutations of the real extension values, and on
+mutated real VCEK/VLEK DER.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from attestation.errors import EvidenceRejected
+from attestation.snp import certs as c
+from attestation.snp.report import REPORT_SIZE, parse_report
+
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "vectors" / "snp"
+
+FAST = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=False,
+)
+
+
+def _load(names: list[str]) -> list[bytes]:
+    return [(VECTORS / n).read_bytes() for n in names] if VECTORS.is_dir() else []
+
+
+REPORTS = _load(["milan-v2.report.bin", "milan-v2-debug.report.bin", "vlek-v3.report.bin"])
+KEY_CERTS = _load(
+    ["milan-v2.vcek.der", "vlek-v3.vlek.der", "turin.vcek.der", "tampered-new.vcek.der"]
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vectors_present(vectors: Path) -> None:
+    # Fail (never skip) when the shared vectors are missing; module-level loading used the same path.
+    assert (vectors / "snp").resolve() == VECTORS.resolve()
+    assert len(REPORTS) == 3 and len(KEY_CERTS) == 4
+
+
+def _parse(data: bytes) -> None:
+    try:
+        parse_report(data)
+    except EvidenceRejected:
+        pass
+
+
+# --- report parser: 6,000 + 6,000 + 10,000 examples ------------------------------------------
+
+
+@settings(FAST, max_examples=6000)
+@given(st.binary(max_size=REPORT_SIZE + 64))
+def test_report_arbitrary_bytes(data: bytes) -> None:
+    _parse(data)
+
+
+@settings(FAST, max_examples=6000)
+@given(
+    version=st.integers(min_value=0, max_value=7),
+    body=st.binary(min_size=REPORT_SIZE - 12, max_size=REPORT_SIZE - 12),
+    policy=st.sampled_from([0x30000, 0xB0000, 0x3FF0000, 0x10000, 1 << 63 | 0x30000]),
+)
+def test_report_arbitrary_with_header(version: int, body: bytes, policy: int) -> None:
+    raw = bytearray(
+        version.to_bytes(4, "little") + body[:4] + policy.to_bytes(8, "little") + body[4:]
+    )
+    raw[0x34:0x38] = (1).to_bytes(4, "little")
+    assert len(raw) == REPORT_SIZE
+    _parse(bytes(raw))
+
+
+_MUTATION = st.tuples(st.integers(min_value=0, max_value=REPORT_SIZE - 1), st.integers(0, 255))
+
+
+@settings(FAST, max_examples=10000)
+@given(
+    index=st.integers(min_value=0, max_value=2),
+    mutations=st.lists(_MUTATION, min_size=1, max_size=6),
+    version=st.one_of(st.none(), st.integers(min_value=2, max_value=5)),
+    cut=st.one_of(st.none(), st.integers(min_value=0, max_value=REPORT_SIZE + 8)),
+)
+def test_report_mutations_of_real(
+    index: int, mutations: list[tuple[int, int]], version: int | None, cut: int | None
+) -> None:
+    raw = bytearray(REPORTS[index])
+    for off, value in mutations:
+        raw[off] = value
+    if version is not None:
+        raw[0:4] = version.to_bytes(4, "little")
+    data = bytes(raw)
+    if cut is not None:
+        data = (data + bytes(8))[:cut]
+    _parse(data)
+
+
+# --- extension decoder: 8,000 + 8,000 + 5,000 examples ---------------------------------------
+
+_OIDS = list(c.EXTENSION_NAMES)
+_REAL_VALUES: list[tuple[str, dict[str, bytes]]] = []
+for _der in KEY_CERTS:
+    _cert = c.load_certificate(_der, "vector")
+    _REAL_VALUES.append(
+        (
+            c.leaf_kind(_cert),
+            {
+                e.oid.dotted_string: e.value.value
+                for e in _cert.extensions
+                if e.oid.dotted_string in _OIDS
+            },
+        )
+    )
+
+
+def _decode(values: dict[str, bytes], kind: str) -> None:
+    try:
+        c.decode_extension_values(values, kind)
+    except EvidenceRejected:
+        pass
+
+
+@settings(FAST, max_examples=8000)
+@given(
+    values=st.dictionaries(st.sampled_from(_OIDS), st.binary(max_size=80), max_size=len(_OIDS)),
+    kind=st.sampled_from(["vcek", "vlek", "ask"]),
+)
+def test_extensions_arbitrary(values: dict[str, bytes], kind: str) -> None:
+    _decode(values, kind)
+
+
+@settings(FAST, max_examples=8000)
+@given(
+    index=st.integers(min_value=0, max_value=3),
+    oid=st.sampled_from(_OIDS),
+    value=st.one_of(
+        st.binary(max_size=70),
+        st.tuples(st.integers(0, 0x7F), st.binary(max_size=8)).map(
+            lambda t: bytes([0x02, t[0]]) + t[1]
+        ),
+        st.tuples(st.integers(0, 0xFF), st.binary(max_size=8)).map(
+            lambda t: bytes([0x16, t[0]]) + t[1]
+        ),
+        st.tuples(st.integers(0, 0xFF), st.binary(max_size=66)).map(
+            lambda t: bytes([0x04, t[0]]) + t[1]
+        ),
+    ),
+    drop=st.booleans(),
+)
+def test_extensions_mutations_of_real(index: int, oid: str, value: bytes, drop: bool) -> None:
+    kind, real = _REAL_VALUES[index]
+    values = dict(real)
+    if drop:
+        values.pop(oid, None)
+    else:
+        values[oid] = value
+    _decode(values, kind)
+
+
+@settings(FAST, max_examples=5000)
+@given(
+    index=st.integers(min_value=0, max_value=3),
+    mutations=st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4
+    ),
+)
+def test_key_certificate_mutated_der(index: int, mutations: list[tuple[int, int]]) -> None:
+    der = bytearray(KEY_CERTS[index])
+    for off, value in mutations:
+        der[off % len(der)] = value
+    try:
+        c.decode_key_certificate(bytes(der))
+    except EvidenceRejected:
+        pass

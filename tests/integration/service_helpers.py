@@ -1,0 +1,469 @@
+"""Fixtures and small async helpers for the service tests (DESIGN §7) over real gRPC/TLS.
+
+Every coordinator runs in-process on 127.0.0.1 with ephemeral ports and a mock TEE. The mock TEE
+is created once per session. Test modules import the fixtures they use from here (pytest finds
+fixtures in a module's namespace).
+
+What the helpers model is exactly what a real client does: attest the coordinator first
+(:class:`coordinator.client.AttestedChannel`), then drive the raw gRPC stubs, signing with
+:mod:`coordinator.authz`, sealing with :mod:`coordinator.sealing`, and producing workload
+evidence with :class:`attestation.providers.mock.MockProvider` over report data from
+:mod:`attestation.binding`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from attestation import anchors as trust
+from attestation.binding import mesh_cert_report_data, peer_recover_report_data
+from attestation.providers import mock as mock_tee_mod
+from attestation.providers.mock import MockProvider
+from attestation.reference import ReferenceValues, parse_reference_values
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.authz import (
+    public_spki,
+    recover_message,
+    rsa_pkcs1_der,
+    set_manifest_message,
+    sign_owner,
+    sign_seedshare,
+)
+from coordinator.client import AttestedChannel, CoordinatorPolicy
+from coordinator.history import transition_hash
+from coordinator.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, generate_keypair, seal
+from coordinator.seedengine import SeedShareDocument, decrypt_seed_share
+from coordinator.server import CoordinatorServer, ServerConfig
+from coordinator.tlsid import SERVER_NAME
+
+COORDINATOR_POLICY = b"concord test policy: coordinator\n"
+WEB_POLICY = b"concord test policy: web frontend\n"
+DB_POLICY = b"concord test policy: database (no secret, no SANs)\n"
+ROGUE_POLICY = b"concord test policy: not in any manifest\n"
+
+WEB_ENTRY: dict[str, Any] = {
+    "SANs": ["web", "web.default.svc", "10.0.0.1", "spiffe://concord.test/web"],
+    "WorkloadSecretID": "web",
+}
+DB_ENTRY: dict[str, Any] = {}
+
+LATEST_KEY = "transitions/latest"
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# --- the mock TEE and keys (session scoped: key generation is slow) --------------------------
+
+
+@dataclass(frozen=True)
+class MockTee:
+    """One mock TEE directory, its trust anchors and the reference values it matches."""
+
+    directory: Path
+    references: dict[str, Any]  # the JSON written to reference-values.json
+    anchors: trust.TrustAnchors
+    reference_values: ReferenceValues
+
+    def provider(self, policy: bytes, tee: str = "snp") -> MockProvider:
+        """A mock CVM launched with ``policy`` (HOST_DATA / MRCONFIGID = its SHA-256)."""
+        return MockProvider(self.directory, policy, tee=tee)
+
+    def coordinator_policy(self, policy: bytes = COORDINATOR_POLICY) -> CoordinatorPolicy:
+        return CoordinatorPolicy(self.anchors, self.reference_values, sha256(policy))
+
+
+@pytest.fixture(scope="session")
+def mock_tee(tmp_path_factory: pytest.TempPathFactory) -> MockTee:
+    directory = tmp_path_factory.mktemp("mock-tee")
+    mock_tee_mod.init(directory)
+    references = json.loads((directory / mock_tee_mod.REFERENCE_FILE).read_text())
+    return MockTee(
+        directory=directory,
+        references=references,
+        anchors=trust.mock(directory),
+        reference_values=parse_reference_values(references, "ReferenceValues"),
+    )
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Workload owner keys (EC P-256) and seed-share owner keys (RSA-2048)."""
+
+    owner: ec.EllipticCurvePrivateKey
+    other_owner: ec.EllipticCurvePrivateKey
+    seedshare: rsa.RSAPrivateKey
+    other_seedshare: rsa.RSAPrivateKey
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys(
+        owner=ec.generate_private_key(ec.SECP256R1()),
+        other_owner=ec.generate_private_key(ec.SECP256R1()),
+        seedshare=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        other_seedshare=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+# --- manifests ----------------------------------------------------------------------------------
+
+
+def manifest_dict(
+    tee: MockTee,
+    *,
+    workloads: Mapping[bytes, Mapping[str, Any]] | None = None,
+    owners: Sequence[ec.EllipticCurvePrivateKey] = (),
+    seedshare: Sequence[rsa.RSAPrivateKey] = (),
+    coordinator: bytes = COORDINATOR_POLICY,
+    references: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A manifest admitting the coordinator policy and ``workloads`` (policy → entry)."""
+    if workloads is None:
+        workloads = {WEB_POLICY: WEB_ENTRY, DB_POLICY: DB_ENTRY}
+    policies: dict[str, Any] = {sha256(coordinator).hex(): {"Role": "coordinator"}}
+    for policy, entry in workloads.items():
+        policies[sha256(policy).hex()] = dict(entry)
+    return {
+        "Policies": policies,
+        "ReferenceValues": dict(references if references is not None else tee.references),
+        "WorkloadOwnerKeyDigests": [sha256(public_spki(k)).hex() for k in owners],
+        "SeedshareOwnerPubKeys": [rsa_pkcs1_der(k).hex() for k in seedshare],
+    }
+
+
+def manifest_bytes(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, indent=1).encode()
+
+
+# --- coordinators -------------------------------------------------------------------------------
+
+
+class Coordinators:
+    """Starts in-process coordinators and stops every one of them at teardown."""
+
+    def __init__(self, tee: MockTee, base: Path) -> None:
+        self.tee = tee
+        self.base = base
+        self.running: list[CoordinatorServer] = []
+        self._count = 0
+
+    def new_store(self) -> str:
+        self._count += 1
+        return f"file:{self.base / f'store-{self._count}'}"
+
+    async def start(
+        self,
+        store: str | None = None,
+        *,
+        policy: bytes = COORDINATOR_POLICY,
+        tee_type: str = "snp",
+    ) -> CoordinatorServer:
+        self._count += 1
+        policy_file = self.base / f"coordinator-policy-{self._count}"
+        policy_file.write_bytes(policy)
+        server = CoordinatorServer(
+            ServerConfig(
+                store=store or self.new_store(),
+                tee=f"mock:{self.tee.directory}",
+                mock_policy=policy_file,
+                mock_tee_type=tee_type,
+                trust_anchors=f"mock:{self.tee.directory}",
+                user_addr="127.0.0.1:0",
+                mesh_addr="127.0.0.1:0",
+                http_addr="127.0.0.1:0",
+                issuer_workers=2,
+            )
+        )
+        await server.start()
+        self.running.append(server)
+        return server
+
+    async def stop(self, server: CoordinatorServer) -> None:
+        self.running.remove(server)
+        await server.stop(grace=0)
+
+    async def close(self) -> None:
+        for server in list(reversed(self.running)):
+            await self.stop(server)
+
+
+@pytest.fixture
+async def coordinators(mock_tee: MockTee, tmp_path: Path) -> AsyncIterator[Coordinators]:
+    factory = Coordinators(mock_tee, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close()
+
+
+async def server_certificate(address: str) -> bytes:
+    """The DER certificate a coordinator presents (unverified: attestation decides).
+
+    The connection is aborted rather than shut down gracefully: a TLS close_notify sent before
+    the gRPC server wrote its first frame is never answered, and a graceful close then waits for
+    the full SSL shutdown timeout (30 s). See the report on coordinator/client.py.
+    """
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=SERVER_NAME), 10
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert der, "coordinator presented no certificate"
+        return bytes(der)
+    finally:
+        writer.transport.abort()
+
+
+async def connect(
+    server: CoordinatorServer,
+    port: str = "user",
+    *,
+    policy: CoordinatorPolicy | None = None,
+    tee: MockTee | None = None,
+    prefetch: bool = False,
+) -> AttestedChannel:
+    """An attested channel to ``server``'s user or mesh port.
+
+    ``prefetch=True`` lets :meth:`AttestedChannel.connect` fetch the certificate itself;
+    otherwise it is fetched here (see :func:`server_certificate`) and handed in as the pin.
+    """
+    if policy is None:
+        assert tee is not None, "give the expected coordinator policy or the mock TEE"
+        policy = tee.coordinator_policy()
+    address = server.addresses[port]
+    pinned = None if prefetch else await server_certificate(address)
+    return await AttestedChannel.connect(address, policy, pinned_certificate=pinned)
+
+
+async def raw_channel(server: CoordinatorServer, port: str = "user", **options: Any) -> Any:
+    """A gRPC channel pinned to the server's certificate without attesting and without the
+    client's message-size limits (for probing the server's own limits)."""
+    address = server.addresses[port]
+    der = await server_certificate(address)
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    opts = [("grpc.ssl_target_name_override", SERVER_NAME), *options.items()]
+    return grpc.aio.secure_channel(
+        address, grpc.ssl_channel_credentials(root_certificates=pem), options=opts
+    )
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+async def expect_status(
+    call: Awaitable[Any], code: grpc.StatusCode, *fragments: str
+) -> grpc.aio.AioRpcError:
+    """Await ``call``; it must fail with ``code`` and a message containing every fragment."""
+    try:
+        result = await call
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == code, f"expected {code.name}, got {exc.code().name}: {exc.details()}"
+        for fragment in fragments:
+            assert fragment in (exc.details() or ""), (
+                f"{fragment!r} not in status message {exc.details()!r}"
+            )
+        return exc
+    raise AssertionError(f"expected {code.name}, the call succeeded: {result!r}")
+
+
+async def set_first_manifest(
+    chan: AttestedChannel, manifest: bytes, policies: Sequence[bytes]
+) -> pb.SetManifestResponse:
+    return await chan.user.SetManifest(
+        pb.SetManifestRequest(manifest=manifest, policies=list(policies)), timeout=20
+    )
+
+
+def update_request(
+    manifest: bytes,
+    policies: Sequence[bytes],
+    previous: bytes,
+    owner: ec.EllipticCurvePrivateKey | None,
+    *,
+    sign_with: ec.EllipticCurvePrivateKey | None = None,
+) -> pb.SetManifestRequest:
+    """A signed update of the manifest history from ``previous``."""
+    new_hash = transition_hash(sha256(manifest), previous)
+    signer = sign_with or owner
+    return pb.SetManifestRequest(
+        manifest=manifest,
+        policies=list(policies),
+        previous_transition_hash=previous,
+        owner_public_key=public_spki(owner) if owner is not None else b"",
+        signature=sign_owner(signer, set_manifest_message(new_hash)) if signer else b"",
+    )
+
+
+@dataclass
+class Joined:
+    response: pb.NewMeshCertResponse
+    leaf_key: ec.EllipticCurvePrivateKey
+    hpke_private: X25519PrivateKey
+    token: bytes
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        return x509.load_pem_x509_certificates(self.response.certificate_chain_pem)
+
+
+@dataclass
+class JoinRequest:
+    """What a workload sends; built by :func:`join_request`, tampered with by refusal tests."""
+
+    request: pb.NewMeshCertRequest
+    leaf_key: ec.EllipticCurvePrivateKey
+    hpke_private: X25519PrivateKey
+    token: bytes = field(repr=False)
+
+
+async def challenge(chan: AttestedChannel) -> bytes:
+    resp = await chan.attest.Challenge(pb.ChallengeRequest(), timeout=10)
+    return bytes(resp.token)
+
+
+async def join_request(
+    chan: AttestedChannel,
+    provider: MockProvider,
+    *,
+    token: bytes | None = None,
+    report_data: bytes | None = None,
+) -> JoinRequest:
+    """Challenge → evidence over the mesh-cert binding → the NewMeshCert request."""
+    if token is None:
+        token = await challenge(chan)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_spki = public_spki(leaf_key)
+    hpke_private, hpke_public = generate_keypair()
+    if report_data is None:
+        report_data = mesh_cert_report_data(leaf_spki, hpke_public, token)
+    evidence = (await asyncio.to_thread(provider.evidence, report_data)).encode()
+    request = pb.NewMeshCertRequest(
+        evidence=evidence, leaf_public_key=leaf_spki, hpke_public_key=hpke_public, token=token
+    )
+    return JoinRequest(request, leaf_key, hpke_private, token)
+
+
+async def join(chan: AttestedChannel, provider: MockProvider) -> Joined:
+    """The workload side of DESIGN §7: Challenge → evidence → NewMeshCert."""
+    req = await join_request(chan, provider)
+    resp = await chan.mesh.NewMeshCert(req.request, timeout=20)
+    return Joined(resp, req.leaf_key, req.hpke_private, req.token)
+
+
+async def peer_recover_request(
+    chan: AttestedChannel, provider: MockProvider
+) -> tuple[pb.MeshRecoverRequest, X25519PrivateKey]:
+    token = await challenge(chan)
+    private, public = generate_keypair()
+    evidence = (
+        await asyncio.to_thread(provider.evidence, peer_recover_report_data(public, token))
+    ).encode()
+    return pb.MeshRecoverRequest(evidence=evidence, hpke_public_key=public, token=token), private
+
+
+def user_recover_request(
+    chan: AttestedChannel,
+    seed: bytes,
+    salt: bytes,
+    owner: rsa.RSAPrivateKey,
+    *,
+    force: bool = False,
+) -> pb.UserRecoverRequest:
+    """Seed and salt sealed to the attested coordinator's HPKE key, signed by a share owner."""
+    sealed = seal(
+        chan.attestation.hpke_public_key,
+        PURPOSE_USER_RECOVER,
+        UserRecoverySecret(seed=seed, salt=salt).encode(),
+    )
+    nonce = os.urandom(32)
+    return pb.UserRecoverRequest(
+        sealed_secret=sealed,
+        seedshare_owner_public_key=rsa_pkcs1_der(owner),
+        signature=sign_seedshare(owner, recover_message(nonce, sealed)),
+        nonce=nonce,
+        force=force,
+    )
+
+
+def open_seed_share(document: bytes, owner: rsa.RSAPrivateKey) -> tuple[bytes, bytes]:
+    """(seed, salt) from a seed-share document, as the seed-share owner would."""
+    doc = SeedShareDocument.from_json(document)
+    share = doc.share_for(rsa_pkcs1_der(owner))
+    assert share is not None, "no share for this owner"
+    return decrypt_seed_share(share, owner), doc.salt
+
+
+# --- observing a coordinator --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a refusal must leave untouched: the store's ``latest`` and the issued counter."""
+
+    latest: bytes | None
+    issued: float
+    transition: bytes | None
+
+
+async def snapshot(server: CoordinatorServer) -> Snapshot:
+    assert server.store is not None and server.guard is not None
+    latest = await server.store.get(LATEST_KEY) if await server.store.has(LATEST_KEY) else None
+    state = server.guard.current()
+    return Snapshot(
+        latest=bytes(latest) if latest is not None else None,
+        issued=issued_count(server),
+        transition=state.transition.hash if state is not None else None,
+    )
+
+
+def issued_count(server: CoordinatorServer) -> float:
+    total = 0.0
+    for tee in ("snp", "tdx"):
+        value = server.metrics.registry.get_sample_value(
+            "concord_certificates_issued_total", {"tee": tee}
+        )
+        total += value or 0.0
+    return total
+
+
+async def http_get(address: str, path: str) -> tuple[int, bytes]:
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def pem_der(pem: bytes) -> bytes:
+    return der(x509.load_pem_x509_certificate(pem))
