@@ -74,10 +74,9 @@ def _hex_arg(size: int | tuple[int, ...], name: str) -> Callable[[str], bytes]:
     sizes = (size,) if isinstance(size, int) else size
 
     def parse(text: str) -> bytes:
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: not valid hex") from None
+        if not set(text.lower()) <= set("0123456789abcdef") or len(text) % 2:
+            raise argparse.ArgumentTypeError(f"{name}: not valid hex")
+        raw = bytes.fromhex(text)
         if len(raw) not in sizes:
             want = " or ".join(str(s) for s in sizes)
             raise argparse.ArgumentTypeError(f"{name}: must be {want} bytes, got {len(raw)}")

@@ -67,7 +67,13 @@ class Evidence:
         version = body.get("v")
         # type check first: CBOR true and 1.0 compare equal to 1 in Python
         if type(version) is not int or version != ENVELOPE_VERSION:
-            raise UnsupportedVersion(f"envelope: version {version!r}, want {ENVELOPE_VERSION}")
+            if version is None:
+                shown = "missing"
+            elif type(version) is not int:
+                shown = f"of type {type(version).__name__}"
+            else:  # a CBOR bignum may be too long for str()
+                shown = str(version) if abs(version) < 1 << 32 else "out of range"
+            raise UnsupportedVersion(f"envelope: version {shown}, want {ENVELOPE_VERSION}")
         tee = body.get("tee")
         if tee not in TEE_TYPES:
             raise MalformedEvidence(f"envelope.tee: must be one of {', '.join(TEE_TYPES)}")

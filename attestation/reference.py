@@ -113,6 +113,8 @@ class ReferenceValues:
 
 # --- parsing ---------------------------------------------------------------------------------
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
 
 def _obj(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
@@ -131,10 +133,10 @@ def _hex(value: Any, path: str, size: int) -> bytes:
         raise InvalidReferenceValues(path, "must be a hex string")
     if value != value.lower():
         raise InvalidReferenceValues(path, "hex must be lowercase")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise InvalidReferenceValues(path, "not valid hex") from None
+    # bytes.fromhex alone would also accept whitespace between bytes ("ab cd")
+    if not set(value) <= _HEX_DIGITS or len(value) % 2:
+        raise InvalidReferenceValues(path, "not valid hex")
+    raw = bytes.fromhex(value)
     if len(raw) != size:
         raise InvalidReferenceValues(path, f"must be {size} bytes, got {len(raw)}")
     return raw

@@ -70,7 +70,7 @@ def _private_key(path: str, what: str) -> Any:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise UsageError(f"{what} {path}: encrypted keys are not supported") from None
-    except (ValueError, Exception):
+    except Exception:  # ValueError, UnsupportedAlgorithm: either way not a usable key
         raise UsageError(f"{what} {path}: not a PEM private key") from None
 
 
@@ -171,22 +171,27 @@ def cmd_set(args: argparse.Namespace) -> int:
     anchors = _anchors(args.trust_anchors)
     out = _out_dir(args.out)
     result = asyncio.run(
-        set_manifest(
-            args.coordinator, manifest, policies, anchors=anchors, owner_key=owner_key
-        )
+        set_manifest(args.coordinator, manifest, policies, anchors=anchors, owner_key=owner_key)
     )
     from coordinator.client import write_file
 
-    files = ["root-ca.pem", "mesh-ca.pem"]
-    write_file(out / "root-ca.pem", result.root_ca_pem)
-    write_file(out / "mesh-ca.pem", result.mesh_ca_pem)
+    files = []
     if result.first:
+        # The coordinator hands out the seed shares exactly once: save them before anything else.
         name = "seedshares.json"
         if (out / name).exists():
             name = f"seedshares-{result.transition_hash.hex()[:16]}.json"
-            _err(f"warning: {out / 'seedshares.json'} exists, wrote the new shares to {name}")
-        write_file(out / name, result.seed_share_document, 0o600)
+            _err(f"warning: {out / 'seedshares.json'} exists, writing the new shares to {name}")
+        try:
+            write_file(out / name, result.seed_share_document, 0o600)
+        except OSError as exc:
+            _err(f"cannot write {out / name}: {exc.strerror}; the seed shares follow on stdout")
+            sys.stdout.write(result.seed_share_document.decode("ascii") + "\n")
+            return 1
         files.append(name)
+    write_file(out / "root-ca.pem", result.root_ca_pem)
+    write_file(out / "mesh-ca.pem", result.mesh_ca_pem)
+    files += ["root-ca.pem", "mesh-ca.pem"]
     _emit(
         args,
         {
@@ -423,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         '{"event":"serving",...} with the bound addresses once listening (port 0 = any free).',
     )
     p.add_argument(
-        "--store", default=DEFAULT_STORE, help=f"file:DIR or etcd://HOST:PORT[,...] ({DEFAULT_STORE})"
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"file:DIR or etcd://HOST:PORT[,...] ({DEFAULT_STORE})",
     )
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
@@ -437,9 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-mesh-addr", metavar="HOST:PORT", help="mesh address for peers")
     p.add_argument("--node-id", help="member ID (default random)")
     p.add_argument("--issuer-workers", type=int, help="issuance threads (default CPU count)")
-    p.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
-    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--etcd-ca", metavar="FILE", help="CA bundle: enables TLS to etcd")
     p.add_argument("--etcd-cert", metavar="FILE", help="client certificate for etcd")
     p.add_argument("--etcd-key", metavar="FILE", help="client key for etcd")
@@ -594,7 +599,7 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
         _err("interrupted")
         return 130
     except asyncio.CancelledError:
-        _err("cancelled")
+        _err("terminated")
         return 143
     except Exception as exc:
         if os.environ.get("CONCORD_DEBUG"):

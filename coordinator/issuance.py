@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from attestation.binding import mesh_cert_report_data
 from attestation.cache import BoundedCache
-from attestation.verify import Verifier
+from attestation.verify import VerifiedEvidence, Verifier
+from coordinator.ca import CA_NOT_AFTER, LEAF_BACKDATE
 from coordinator.challenge import check_token
 from coordinator.manifest import PolicyEntry
 from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, seal
@@ -33,6 +35,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_SPKI = 2048
+_SHA384 = hashes.SHA384()
 
 
 class IssuanceError(Exception):
@@ -187,6 +190,12 @@ class Issuer:
         self._challenge_key = state.seed_engine.challenge_key
         self._transition = state.transition.hash
         self._leaves: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(cache_size)
+        # Leaf builders with every request-independent field set (subject, SANs, claims), per
+        # policy and attested platform; only key, serial and validity change per request.
+        self._templates: BoundedCache[tuple[bytes, str, bytes, bytes], x509.CertificateBuilder] = (
+            BoundedCache(256)
+        )
+        self._mesh_key = ca.mesh_key
 
     def policy(self, policy_hash: bytes) -> PolicyEntry | None:
         return self._policies.get(policy_hash)
@@ -203,18 +212,9 @@ class Issuer:
         cache_key = (req.leaf_spki, verified.policy_hash)
         leaf_pem = self._leaves.get(cache_key)
         if leaf_pem is None:
-            cert = self.state.ca.issue_leaf(
-                key,
-                sans=entry.sans,
-                policy_hash=verified.policy_hash,
-                tee=verified.tee,
-                measurement=verified.measurement,
-                tcb=verified.tcb,
-                workload_secret_id=entry.workload_secret_id,
-                validity=self._leaf_validity,
-                now=req.now,
+            leaf_pem = self._sign_leaf(key, entry, verified, req.now).public_bytes(
+                serialization.Encoding.PEM
             )
-            leaf_pem = cert.public_bytes(serialization.Encoding.PEM)
             self._leaves.put(cache_key, leaf_pem)
         sealed = b""
         if entry.workload_secret_id:
@@ -230,6 +230,51 @@ class Issuer:
             sealed_workload_secret=sealed,
             tee=verified.tee,
         )
+
+    def _sign_leaf(
+        self, key: Any, entry: PolicyEntry, verified: VerifiedEvidence, now: datetime
+    ) -> x509.Certificate:
+        """Sign a leaf from the prepared template of its claims.
+
+        The first leaf for a (policy, TEE, measurement, TCB) goes through
+        :meth:`CertificateAuthority.issue_leaf`, which validates every claim; the template is
+        taken from that certificate, so later leaves carry byte-identical names and extensions
+        and only the key, serial and validity window are set per request.
+        """
+        claims = (verified.policy_hash, verified.tee, verified.measurement, verified.tcb)
+        template = self._templates.get(claims)
+        if template is None:
+            cert = self.state.ca.issue_leaf(
+                key,
+                sans=entry.sans,
+                policy_hash=verified.policy_hash,
+                tee=verified.tee,
+                measurement=verified.measurement,
+                tcb=verified.tcb,
+                workload_secret_id=entry.workload_secret_id,
+                validity=self._leaf_validity,
+                now=now,
+            )
+            self._templates.put(claims, leaf_template(cert))
+            return cert
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        now = now.replace(microsecond=0)
+        return (
+            template.public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - LEAF_BACKDATE)
+            .not_valid_after(min(now + self._leaf_validity, CA_NOT_AFTER))
+            .sign(self._mesh_key, _SHA384)
+        )
+
+
+def leaf_template(cert: x509.Certificate) -> x509.CertificateBuilder:
+    """A builder with ``cert``'s issuer, subject and extensions (in order), nothing else."""
+    builder = x509.CertificateBuilder().issuer_name(cert.issuer).subject_name(cert.subject)
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder
 
 
 def utcnow() -> datetime:

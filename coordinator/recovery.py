@@ -2,9 +2,15 @@
 
 As soon as the watcher marks the State stale (or at start with a history but no State), pick a
 ready peer, verify it over the attested channel as a coordinator of the manifest that the store's
-``latest`` points to, ask it for the secrets (sealed to a fresh HPKE key, bound into our own
-evidence) and reset the State with them. Retries use jittered exponential back-off; a periodic
-sweep catches anything an event missed.
+``latest`` points to and as serving exactly that ``latest``, ask it for the secrets (sealed to a
+fresh HPKE key bound into our own evidence) and reset the State with them. Failed attempts are
+retried with jittered exponential back-off; a periodic sweep catches anything an event missed.
+
+Membership: with a store that has lease-bound member keys (etcd), each coordinator publishes
+``members/<node id>`` = JSON ``{"mesh_addr", "ready", "transition"}`` and rewrites it whenever its
+readiness or transition changes; a crashed coordinator's key disappears with its lease. Peers
+come from these keys, preferring those that say they serve the store's ``latest``, then from the
+static ``--peer`` list. A member key is only a hint: nothing is trusted before attestation.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -24,27 +33,156 @@ from attestation.anchors import TrustAnchors
 from attestation.binding import peer_recover_report_data
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import AttestationFailed, AttestedChannel, CoordinatorPolicy
+from coordinator.history import SignedLatest
 from coordinator.manifest import Manifest
 from coordinator.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, generate_keypair, open_sealed
 from coordinator.seedengine import SeedEngine
-from coordinator.state import RecoveryRejected
+from coordinator.state import ConcurrentUpdate, RecoveryRejected
+from coordinator.tlsid import SERVER_NAME
 
 if TYPE_CHECKING:
     from coordinator.server import CoordinatorServer
 
+__all__ = [
+    "Member",
+    "PeerRecovery",
+    "PeerRecoveryFailed",
+    "backoff_delay",
+    "order_candidates",
+]
+
 log = logging.getLogger("concord.recovery")
 
 MEMBER_TTL = 5
+"""Seconds a crashed coordinator's membership key outlives it."""
 SWEEP_INTERVAL = 5.0
+PUBLISH_INTERVAL = 0.01
+"""How often readiness is compared with what was published (in memory; writes only changes)."""
+PUBLISH_RETRY = 1.0
 BACKOFF_BASE = 0.05
 BACKOFF_MAX = 2.0
+PEER_TIMEOUT = 5.0
+"""Bound on each step of talking to one peer (connect, attest, challenge, recover)."""
+MEMBER_WAIT = 0.25
+"""How long to wait for a member to announce the store's ``latest`` before trying the others."""
+PROBE_TIMEOUT = 2.0
+"""Bound on attesting one peer when deciding whether a ready peer exists (user recovery)."""
 
 
 class PeerRecoveryFailed(Exception):
-    pass
+    """This peer cannot be used for recovery (not at ``latest``, or its secrets do not fit)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One membership key: where a coordinator's mesh API is and what it says it serves."""
+
+    node_id: str
+    mesh_addr: str
+    ready: bool
+    transition: bytes | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "mesh_addr": self.mesh_addr,
+                "ready": self.ready,
+                "transition": self.transition.hex() if self.transition else "",
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def decode(cls, node_id: str, raw: bytes) -> Member | None:
+        """None for a value that is not a membership record (ignored, never trusted)."""
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(info, dict):
+            return None
+        addr, ready, transition = info.get("mesh_addr"), info.get("ready"), info.get("transition")
+        if not isinstance(addr, str) or not addr or not isinstance(ready, bool):
+            return None
+        digest: bytes | None = None
+        if isinstance(transition, str) and transition:
+            try:
+                digest = bytes.fromhex(transition)
+            except ValueError:
+                return None
+        return cls(node_id, addr, ready, digest)
+
+
+def order_candidates(
+    members: dict[str, bytes],
+    self_id: str,
+    latest: bytes | None,
+    static_peers: tuple[str, ...] = (),
+    *,
+    shuffle: Callable[[list[str]], None] = random.shuffle,
+) -> tuple[list[str], bool]:
+    """Mesh addresses to try: ready members at ``latest`` first, then other ready members (each
+    group shuffled to spread the load), then static peers. Also whether any member is at
+    ``latest``."""
+    at_latest: list[str] = []
+    others: list[str] = []
+    for node_id, raw in members.items():
+        if node_id == self_id:
+            continue
+        member = Member.decode(node_id, raw)
+        if member is None or not member.ready:
+            continue
+        if latest is not None and member.transition == latest:
+            at_latest.append(member.mesh_addr)
+        else:
+            others.append(member.mesh_addr)
+    shuffle(at_latest)
+    shuffle(others)
+    ordered: list[str] = []
+    for addr in (*at_latest, *others, *static_peers):
+        if addr not in ordered:
+            ordered.append(addr)
+    return ordered, bool(at_latest)
+
+
+def backoff_delay(attempt: int, rand: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds before retry ``attempt`` (1-based): exponential from BACKOFF_BASE to BACKOFF_MAX,
+    with full jitter down to half, so coordinators that failed together do not retry together."""
+    base = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** max(0, min(attempt - 1, 16)))
+    return base * rand(0.5, 1.0)
+
+
+async def fetch_certificate(address: str, timeout: float) -> bytes:
+    """The peer's TLS certificate (DER, unverified: attestation decides).
+
+    The connection is aborted rather than closed: a close_notify sent before the gRPC server
+    wrote anything is never answered, and a graceful close would wait out the SSL shutdown
+    timeout (30 s) on every recovery.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise PeerRecoveryFailed(f"peer address must be HOST:PORT, got {address!r}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=SERVER_NAME),
+        timeout,
+    )
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:
+            raise AttestationFailed("peer presented no certificate")
+        return bytes(der)
+    finally:
+        writer.transport.abort()
 
 
 class PeerRecovery:
+    """The recovery loop, the membership publisher and the member watcher of one coordinator."""
+
     def __init__(
         self, server: CoordinatorServer, anchors: TrustAnchors, *, membership: bool
     ) -> None:
@@ -54,8 +192,11 @@ class PeerRecovery:
         self.node_id = server.config.node_id or uuid.uuid4().hex[:12]
         self.static_peers = tuple(server.config.peers)
         self._wake = asyncio.Event()
-        self._published: bool | None = None
-        self._members: dict[str, dict[str, Any]] = {}
+        self._members_pulse = asyncio.Event()
+        self._published: tuple[bool, bytes | None] | None = None
+        self._publish_lock = asyncio.Lock()
+        self.attempts = 0
+        self.recoveries = 0
 
     @classmethod
     def create(cls, server: CoordinatorServer, anchors: TrustAnchors) -> PeerRecovery | None:
@@ -72,125 +213,238 @@ class PeerRecovery:
     async def start(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.create_task(self._recovery_loop(), name="peer-recovery")]
         if self.membership:
-            await self._publish()
+            host = self.mesh_address.rpartition(":")[0].strip("[]")
+            if host in ("0.0.0.0", "::", ""):
+                log.warning(
+                    "advertising mesh address %s to peers: set --advertise-mesh-addr",
+                    self.mesh_address,
+                )
+            try:
+                await self._publish_if_changed()
+            except Exception as exc:  # the publisher loop retries
+                log.warning("membership registration failed: %s", type(exc).__name__)
             tasks.append(asyncio.create_task(self._membership_loop(), name="membership"))
+            tasks.append(asyncio.create_task(self._members_watch_loop(), name="members-watch"))
         self._wake.set()  # a history may already exist: try at once
         return tasks
 
     async def stop(self) -> None:
+        """Leave the membership now (a clean shutdown; a crash leaves it to the lease)."""
         if self.membership:
             with contextlib.suppress(Exception):
                 await self.server.store.stop_member(self.node_id)  # type: ignore[union-attr]
 
     def trigger(self) -> None:
+        """Called by the watcher (state went stale): recover as soon as possible."""
         self._wake.set()
 
     # -- membership -------------------------------------------------------------------------
 
-    async def _publish(self) -> None:
-        ready = self.server.is_ready()
-        value = json.dumps({"mesh_addr": self.mesh_address, "ready": ready}).encode()
-        await self.server.store.put_member(self.node_id, value, MEMBER_TTL)  # type: ignore[union-attr]
-        self._published = ready
+    def _own_status(self) -> tuple[bool, bytes | None]:
+        state = self.server.guard.current() if self.server.guard is not None else None
+        if state is None:
+            return False, None
+        return not state.stale, state.transition.hash
+
+    async def _publish_if_changed(self) -> None:
+        async with self._publish_lock:
+            status = self._own_status()
+            if status == self._published:
+                return
+            ready, transition = status
+            member = Member(self.node_id, self.mesh_address, ready, transition)
+            await self.server.store.put_member(  # type: ignore[union-attr]
+                self.node_id, member.encode(), MEMBER_TTL
+            )
+            self._published = status
 
     async def _membership_loop(self) -> None:
-        """Keep our readiness published (cheap: only changes are written)."""
+        """Keep our readiness and transition published (only changes are written)."""
         while True:
             try:
-                if self.server.is_ready() != self._published:
-                    await self._publish()
+                await self._publish_if_changed()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 log.warning("membership update failed: %s", type(exc).__name__)
-            await asyncio.sleep(0.05)
+                await asyncio.sleep(PUBLISH_RETRY)
+                continue
+            await asyncio.sleep(PUBLISH_INTERVAL)
 
-    async def _peers(self) -> list[str]:
-        peers: list[str] = []
-        if self.membership:
-            members = await self.server.store.list_members()  # type: ignore[union-attr]
-            for member_id, raw in members.items():
-                if member_id == self.node_id:
-                    continue
-                try:
-                    info = json.loads(raw)
-                except ValueError:
-                    continue
-                if info.get("ready") and isinstance(info.get("mesh_addr"), str):
-                    peers.append(info["mesh_addr"])
-        random.shuffle(peers)
-        return peers + [p for p in self.static_peers if p not in peers]
+    async def _members_watch_loop(self) -> None:
+        """Wake the recovery loop when a peer announces readiness while we are not ready (e.g.
+        the first coordinator a seed-share owner recovered); restart the watch on failure."""
+        store: Any = self.server.store
+        watch_members = getattr(store, "watch_members", None)
+        if watch_members is None:
+            return
+        failures = 0
+        while True:
+            known: dict[str, Member | None] = {}
+            try:
+                async for members in watch_members():
+                    failures = 0
+                    current = {k: Member.decode(k, v) for k, v in members.items()}
+                    changed = any(
+                        m is not None and m.ready and known.get(k) != m
+                        for k, m in current.items()
+                        if k != self.node_id
+                    )
+                    known = current
+                    pulse, self._members_pulse = self._members_pulse, asyncio.Event()
+                    pulse.set()
+                    if changed and not self.server.is_ready():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("member watch failed: %s; restarting", type(exc).__name__)
+            failures += 1
+            await asyncio.sleep(backoff_delay(failures))
+
+    async def _list_members(self) -> dict[str, bytes]:
+        if not self.membership:
+            return {}
+        members: dict[str, bytes] = await self.server.store.list_members()  # type: ignore[union-attr]
+        return members
+
+    async def _candidates(self, latest: bytes) -> list[str]:
+        """Peers to try for ``latest``; waits briefly for a member to announce it (a peer that
+        just moved ``latest`` publishes its new transition a moment after the CAS)."""
+        pulse = self._members_pulse
+        ordered, found = order_candidates(
+            await self._list_members(), self.node_id, latest, self.static_peers
+        )
+        if found or not self.membership:
+            return ordered
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pulse.wait(), MEMBER_WAIT)
+            ordered, _ = order_candidates(
+                await self._list_members(), self.node_id, latest, self.static_peers
+            )
+        return ordered
 
     async def ready_peer_exists(self) -> bool:
-        if not self.membership:
+        """Whether another coordinator verifiably serves the store's ``latest`` right now.
+
+        Membership keys of crashed coordinators outlive them by their lease, so each candidate
+        is attested (coordinator policy of the latest manifest, attested transition equal to
+        ``latest``) before it counts. UserAPI refuses a non-forced user recovery when this is
+        true: a user recovery mints a new mesh key and would split the deployment.
+        """
+        guard = self.server.guard
+        assert guard is not None
+        latest = await guard.history.get_latest()
+        if latest is None:
             return False
-        try:
-            return bool([p for p in await self._peers() if p not in self.static_peers])
-        except Exception:
-            return False
+        policy = await self._policy_for(latest)
+        ordered, _ = order_candidates(
+            await self._list_members(), self.node_id, latest.transition_hash, self.static_peers
+        )
+        for peer in ordered:
+            try:
+                async with await self._connect(peer, policy, PROBE_TIMEOUT) as chan:
+                    if chan.attestation.latest_transition_hash == latest.transition_hash:
+                        return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("peer %s is not a ready peer: %s", peer, type(exc).__name__)
+        return False
 
     # -- recovery ---------------------------------------------------------------------------
 
     async def _recovery_loop(self) -> None:
         attempt = 0
         while True:
+            timeout = SWEEP_INTERVAL if attempt == 0 else backoff_delay(attempt)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             if self.server.is_ready():
                 attempt = 0
                 continue
             try:
-                if await self.recover_once():
-                    attempt = 0
-                    continue
+                outcome = await self.recover_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("peer recovery attempt failed: %s: %s", type(exc).__name__, exc)
-            attempt += 1
-            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(attempt, 10)) * random.uniform(
-                0.5, 1.0
-            )
-            await asyncio.sleep(delay)
-            self._wake.set()
+                log.info("peer recovery attempt failed: %s", type(exc).__name__)
+                outcome = False
+            if outcome is None or outcome:
+                attempt = 0  # recovered, or nothing to recover (no history yet)
+                if outcome and self.membership:
+                    with contextlib.suppress(Exception):
+                        await self._publish_if_changed()  # tell peers at once
+            else:
+                attempt += 1
 
-    async def recover_once(self) -> bool:
-        """One pass over the known peers; True when the State is fresh afterwards."""
+    async def recover_once(self) -> bool | None:
+        """One pass over the known peers: True when recovered, False when no peer could be
+        used, None when the store has no history (nothing to recover)."""
         guard = self.server.guard
         assert guard is not None
         latest = await guard.history.get_latest()
         if latest is None:
-            return False  # uninitialised: nothing to recover
-        for peer in await self._peers():
+            return None
+        self.attempts += 1
+        for peer in await self._candidates(latest.transition_hash):
             try:
-                await self._recover_from(peer, latest.transition_hash)
-                log.info("recovered from peer %s", peer)
-                self.server.metrics.recoveries.labels("peer").inc()
-                return True
+                await self._recover_from(peer, latest)
+            except asyncio.CancelledError:
+                raise
             except (AttestationFailed, PeerRecoveryFailed, RecoveryRejected) as exc:
                 log.warning("peer %s refused for recovery: %s", peer, exc)
+            except ConcurrentUpdate:
+                log.info("the history moved while recovering from %s; retrying", peer)
+                return False
             except Exception as exc:
                 log.info("peer %s unavailable for recovery: %s", peer, type(exc).__name__)
+            else:
+                log.info("recovered from peer %s", peer)
+                self.recoveries += 1
+                self.server.metrics.recoveries.labels("peer").inc()
+                return True
         return False
 
-    async def _recover_from(self, peer: str, latest_hash: bytes) -> None:
+    async def _policy_for(self, latest: SignedLatest) -> CoordinatorPolicy:
+        manifest = await self._manifest_for(latest)
+        return CoordinatorPolicy(
+            self.anchors, manifest.reference_values, manifest.coordinator_policy_hash
+        )
+
+    async def _manifest_for(self, latest: SignedLatest) -> Manifest:
+        guard = self.server.guard
+        assert guard is not None
+        transition = await guard.history.get_transition(latest.transition_hash)
+        return Manifest.parse(await guard.history.get_manifest(transition.manifest_hash))
+
+    @staticmethod
+    async def _connect(peer: str, policy: CoordinatorPolicy, timeout: float) -> AttestedChannel:
+        pinned = await fetch_certificate(peer, timeout)
+        return await AttestedChannel.connect(
+            peer, policy, timeout=timeout, pinned_certificate=pinned
+        )
+
+    async def _recover_from(self, peer: str, latest: SignedLatest) -> None:
         server = self.server
         guard, coord = server.guard, server.coord
         assert guard is not None and coord is not None
         old = guard.current()
-        transition = await guard.history.get_transition(latest_hash)
-        manifest = Manifest.parse(await guard.history.get_manifest(transition.manifest_hash))
+        latest_hash = latest.transition_hash
+        manifest = await self._manifest_for(latest)
         policy = CoordinatorPolicy(
             self.anchors, manifest.reference_values, manifest.coordinator_policy_hash
         )
-        async with await AttestedChannel.connect(peer, policy) as chan:
+        async with await self._connect(peer, policy, PEER_TIMEOUT) as chan:
             if chan.attestation.latest_transition_hash != latest_hash:
-                raise PeerRecoveryFailed("peer is not at the store's latest transition")
-            token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=10)).token
+                raise PeerRecoveryFailed("peer does not serve the store's latest transition")
+            token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=PEER_TIMEOUT)).token
             private, public = generate_keypair()
             evidence = await coord.evidence(peer_recover_report_data(public, token))
             resp = await chan.mesh.Recover(
                 pb.MeshRecoverRequest(evidence=evidence, hpke_public_key=public, token=token),
-                timeout=10,
+                timeout=PEER_TIMEOUT,
             )
         secrets = PeerSecrets.decode(
             open_sealed(private, PURPOSE_PEER_RECOVER, resp.sealed_secrets)
@@ -206,7 +460,13 @@ class PeerRecovery:
         engine = SeedEngine(secrets.seed, secrets.salt)
 
         async def authorize(m: Manifest) -> tuple[SeedEngine, ec.EllipticCurvePrivateKey]:
+            # reset_state read ``latest`` before calling us and re-reads it afterwards; the
+            # chain is linear, so if ``latest`` is the peer's transition now and unchanged
+            # then, reset_state adopts exactly the transition this mesh key belongs to.
             if m.digest != secrets.manifest_hash:
+                raise RecoveryRejected("the history moved during peer recovery")
+            now = await guard.history.get_latest()
+            if now is None or now.transition_hash != secrets.latest_transition_hash:
                 raise RecoveryRejected("the history moved during peer recovery")
             return engine, mesh_key
 

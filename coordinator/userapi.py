@@ -3,6 +3,8 @@ a coordinator that has no usable state."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -17,7 +19,7 @@ from coordinator.authz import (
     verify_owner,
     verify_seedshare,
 )
-from coordinator.history import ZERO_HASH, transition_hash
+from coordinator.history import ZERO_HASH, MissingBlob, transition_hash
 from coordinator.manifest import Manifest
 from coordinator.rpc import NONCE_SIZE, Coordinator, Refused, require_size, rpc
 from coordinator.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, open_sealed
@@ -50,14 +52,32 @@ class UserService(pb_grpc.UserAPIServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "concurrent update: there is no history yet, previous_transition_hash must be empty",
                 )
+            await self._require_policies(manifest, request.policies)
             new = await self.coord.guard.update_state(
                 None, request.manifest, list(request.policies)
             )
             doc = SeedShareDocument.create(new.seed_engine, manifest.seedshare_owner_keys)
             return _set_response(new, doc.to_json())
         self._authorise_update(state, manifest, request)
+        await self._require_policies(manifest, request.policies)
         new = await self.coord.guard.update_state(state, request.manifest, list(request.policies))
         return _set_response(new, b"")
+
+    async def _require_policies(self, manifest: Manifest, policies: Sequence[bytes]) -> None:
+        """Every policy the manifest references is sent now or already stored, so GetManifests
+        can always hand a verifier the complete history (unreferenced ones are refused later)."""
+        given = {hashlib.sha256(raw).hexdigest() for raw in policies}
+        history = self.coord.guard.history
+        for hex_digest in manifest.policies:
+            if hex_digest in given:
+                continue
+            try:
+                await history.get_policy(bytes.fromhex(hex_digest))
+            except MissingBlob:
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"policies: missing the policy document of Policies.{hex_digest}",
+                ) from None
 
     @staticmethod
     def _authorise_update(state: State, manifest: Manifest, request: pb.SetManifestRequest) -> None:

@@ -32,6 +32,7 @@ from attestation.errors import (
     CollateralExpired,
     MalformedEvidence,
     MissingCertificate,
+    SizeLimitExceeded,
     UntrustedRoot,
 )
 from attestation.reference import SNP_PRODUCTS, SnpTcb
@@ -71,6 +72,7 @@ RESERVED_SPL_OIDS = (OID_SPL_4, OID_SPL_5, OID_SPL_6, OID_SPL_7)
 HWID_SIZE = {"Milan": 64, "Genoa": 64, "Turin": 8}
 LEAF_SUBJECTS = {"SEV-VCEK": "vcek", "SEV-VLEK": "vlek"}
 MAX_CERT_SIZE = 16 * 1024
+MAX_CERTS = 8
 
 PSS_SHA384 = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
@@ -382,24 +384,33 @@ def _check_extras(extras: Sequence[bytes], roots: AmdRoots) -> None:
 def _check_crls(crls: Sequence[bytes], key: VerifiedKey, now: datetime) -> None:
     ark = key.roots.ark
     for i, der in enumerate(crls):
+        what = f"crls[{i}]"
         try:
             crl = x509.load_der_x509_crl(bytes(der))
             issuer = crl.issuer
+            signed = (crl.signature, crl.tbs_certlist_bytes, crl.signature_algorithm_oid)
         except Exception:
-            raise MalformedEvidence(f"crls[{i}]: not a DER X.509 CRL") from None
+            raise MalformedEvidence(f"{what}: not a DER X.509 CRL") from None
         if issuer != ark.subject:
             continue  # a CRL of another product's ARK says nothing about this chain
-        verify_pss_signature(
-            crl.signature, crl.tbs_certlist_bytes, crl.signature_algorithm_oid, ark, f"crls[{i}]"
-        )
-        if crl.last_update_utc > now:
-            raise CollateralExpired(f"crls[{i}]: issued in the future ({crl.last_update_utc})")
-        next_update = crl.next_update_utc
+        verify_pss_signature(*signed, ark, what)
+        try:
+            last_update, next_update = crl.last_update_utc, crl.next_update_utc
+            revoked = [
+                (name, serial)
+                for name, cert_issuer, serial in key.crl_targets
+                if cert_issuer == issuer
+                and crl.get_revoked_certificate_by_serial_number(serial) is not None
+            ]
+        except Exception:
+            raise MalformedEvidence(f"{what}: malformed CRL fields") from None
+        if last_update > now:
+            raise CollateralExpired(f"{what}: issued in the future ({last_update.isoformat()})")
         if next_update is not None and next_update < now:
-            raise CollateralExpired(f"crls[{i}]: stale, next update was due {next_update}")
-        for name, cert_issuer, serial in key.crl_targets:
-            if cert_issuer == issuer and crl.get_revoked_certificate_by_serial_number(serial):
-                raise CertificateRevoked(f"{name}: serial {serial:x} is revoked by crls[{i}]")
+            raise CollateralExpired(f"{what}: stale, next update was due {next_update.isoformat()}")
+        if revoked:
+            name, serial = revoked[0]
+            raise CertificateRevoked(f"{name}: serial {serial:x} is revoked by {what}")
 
 
 def _cache_key(leaf_der: bytes, ark: x509.Certificate) -> bytes:
@@ -454,6 +465,8 @@ def verify_key_chain(
     """Verify ``certs[0]`` (VCEK or VLEK) up to the pinned ARK of its product at ``now``."""
     if not certs:
         raise MissingCertificate("no VCEK/VLEK certificate in the evidence")
+    if len(certs) > MAX_CERTS:
+        raise SizeLimitExceeded(f"{len(certs)} certificates, limit {MAX_CERTS}")
     leaf_der = certs[0]
     if not isinstance(leaf_der, bytes | bytearray):
         raise MalformedEvidence("certs[0]: expected DER bytes")

@@ -293,7 +293,7 @@ def load_collateral_json(path: str | Path) -> TdxCollateral:
 
 
 def extract_signed_json(body: bytes, key: str) -> tuple[bytes, bytes]:
-    """Exact raw bytes of the top-level ``key`` value and the decoded ``signature`` of a PCS body."""
+    """Exact raw bytes of the top-level ``key`` value and the ``signature`` of a PCS body."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -469,6 +469,8 @@ class _J:
 
     def hexbytes(self, key: str, size: int) -> bytes:
         v = self.text(key)
+        if len(v) != 2 * size:
+            raise CollateralRejected(f"{self.path}.{key}: must be {2 * size} hex digits")
         try:
             b = bytes.fromhex(v)
         except ValueError:
@@ -645,7 +647,8 @@ def _check_crl_signed(
 ) -> None:
     if crl.issuer != issuer.subject:
         raise CollateralMismatch(
-            f"{where}: issued by {crl.issuer.rfc4514_string()}, expected {issuer.subject.rfc4514_string()}"
+            f"{where}: issued by {crl.issuer.rfc4514_string()}, "
+            f"expected {issuer.subject.rfc4514_string()}"
         )
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -838,7 +841,8 @@ def check_qe_identity(qe_identity: QeIdentity, qe_report: QeReport) -> IsvTcbLev
         raise QeIdentityMismatch("qe_report.mr_signer: not the MRSIGNER of Intel's TD QE identity")
     if qe_report.isv_prod_id != qe_identity.isv_prod_id:
         raise QeIdentityMismatch(
-            f"qe_report.isv_prod_id: {qe_report.isv_prod_id}, QE identity says {qe_identity.isv_prod_id}"
+            f"qe_report.isv_prod_id: {qe_report.isv_prod_id}, "
+            f"QE identity says {qe_identity.isv_prod_id}"
         )
     if not _masked_equal(qe_report.miscselect, qe_identity.miscselect, qe_identity.miscselect_mask):
         raise QeIdentityMismatch(
@@ -872,7 +876,8 @@ def evaluate_tcb(
         )
     if extensions.pce_id != tcb_info.pce_id:
         raise CollateralMismatch(
-            f"tcb_info.pceId {tcb_info.pce_id.hex()} is not the PCK's PCE-ID {extensions.pce_id.hex()}"
+            f"tcb_info.pceId {tcb_info.pce_id.hex()} is not the PCK's PCE-ID "
+            f"{extensions.pce_id.hex()}"
         )
     tee = body.tee_tcb_svn
     module_version = tee[1]

@@ -235,6 +235,21 @@ def _iso(d: datetime) -> str:
     return d.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _isv_level(svn: int, date: str, status: str, *advisories: str) -> dict[str, Any]:
+    level: dict[str, Any] = {
+        "tcb": {"isvsvn": svn},
+        "tcbDate": f"{date}T00:00:00Z",
+        "tcbStatus": status,
+    }
+    if advisories:
+        level["advisoryIDs"] = list(advisories)
+    return level
+
+
+def _masked(value: bytes, mask: bytes) -> bytes:
+    return bytes(v & m for v, m in zip(value, mask, strict=True))
+
+
 def _svn_list(svns: bytes | tuple[int, ...]) -> list[dict[str, int]]:
     return [{"svn": int(v)} for v in svns]
 
@@ -394,7 +409,7 @@ class MockIntel:
     def tcb_info_dict(
         self, now: datetime, *, validity: timedelta = timedelta(days=30)
     ) -> dict[str, Any]:
-        """Mock TCB info matching this platform: UpToDate at the defaults, then an OutOfDate level."""
+        """Mock TCB info for this platform: UpToDate at the defaults, then OutOfDate."""
         ext = self.extensions
         return {
             "id": "TDX",
@@ -417,8 +432,8 @@ class MockIntel:
                     "attributes": "0000000000000000",
                     "attributesMask": "FFFFFFFFFFFFFFFF",
                     "tcbLevels": [
-                        {"tcb": {"isvsvn": DEFAULT_TEE_TCB_SVN[0]}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"},
-                        {"tcb": {"isvsvn": 0}, "tcbDate": "2023-08-09T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-MOCK-1"]},
+                        _isv_level(DEFAULT_TEE_TCB_SVN[0], "2024-03-13", "UpToDate"),
+                        _isv_level(0, "2023-08-09", "OutOfDate", "INTEL-SA-MOCK-1"),
                     ],
                 }
             ],
@@ -456,18 +471,18 @@ class MockIntel:
             "tcbEvaluationDataNumber": 17,
             "miscselect": self.qe.miscselect.hex().upper(),
             "miscselectMask": "FFFFFFFF",
-            "attributes": (bytes(a & m for a, m in zip(self.qe.attributes, QE_ATTRIBUTES_MASK, strict=True))).hex().upper(),
+            "attributes": _masked(self.qe.attributes, QE_ATTRIBUTES_MASK).hex().upper(),
             "attributesMask": QE_ATTRIBUTES_MASK.hex().upper(),
             "mrsigner": self.qe.mr_signer.hex().upper(),
             "isvprodid": self.qe.isv_prod_id,
             "tcbLevels": [
-                {"tcb": {"isvsvn": self.qe.isv_svn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"},
-                {"tcb": {"isvsvn": 0}, "tcbDate": "2021-11-10T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-MOCK-3"]},
+                _isv_level(self.qe.isv_svn, "2024-03-13", "UpToDate"),
+                _isv_level(0, "2021-11-10", "OutOfDate", "INTEL-SA-MOCK-3"),
             ],
-        }  # fmt: skip
+        }
 
     def sign_json(self, value: dict[str, Any] | bytes) -> tuple[bytes, bytes]:
-        """Raw JSON bytes (compact if a dict is given) and their r||s signature by the TCB signer."""
+        """Raw JSON bytes (compact if a dict) and their r||s signature by the TCB signer."""
         raw = (
             value if isinstance(value, bytes) else json.dumps(value, separators=(",", ":")).encode()
         )
@@ -580,11 +595,14 @@ def create_mock_intel(
     sgx = x509.UnrecognizedExtension(
         x509.ObjectIdentifier(SGX_EXTENSION_OID), encode_sgx_extensions(ext)
     )
-    pck = _cert(_name("Intel SGX PCK Certificate" if names == "intel" else "SGX PCK Certificate", names),
-                ca_name, keys["pck-key.pem"].public_key(), ca_key, ca_key.public_key(),
+    pck_name = _name(
+        "Intel SGX PCK Certificate" if names == "intel" else "SGX PCK Certificate", names
+    )
+    pck = _cert(pck_name, ca_name, keys["pck-key.pem"].public_key(), ca_key, ca_key.public_key(),
                 start, start + timedelta(days=365 * 7), ca=False, extra=[sgx])  # fmt: skip
-    tcb_signing = _cert(_name("Intel SGX TCB Signing" if names == "intel" else "SGX TCB Signing", names),
-                        root_name, keys["tcb-signing-key.pem"].public_key(), root_key, root_key.public_key(),
+    signer_name = _name("Intel SGX TCB Signing" if names == "intel" else "SGX TCB Signing", names)
+    signer_key = keys["tcb-signing-key.pem"].public_key()
+    tcb_signing = _cert(signer_name, root_name, signer_key, root_key, root_key.public_key(),
                         start, start + timedelta(days=365 * 7), ca=False)  # fmt: skip
     qe = MockQe(
         mr_signer=hashlib.sha256(b"concord mock TD QE signer").digest(),

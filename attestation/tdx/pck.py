@@ -225,7 +225,7 @@ def _require(
 
 
 def decode_sgx_extensions(der: bytes) -> SgxExtensions:
-    """Decode the DER value of the SGX extension; strict, raises only CertificateExtensionInvalid."""
+    """Decode the SGX extension's DER value; strict, raises only CertificateExtensionInvalid."""
     data = bytes(der)
     if len(data) > MAX_CERT_DER:
         raise _ext_error("value", "too large")

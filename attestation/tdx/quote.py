@@ -48,7 +48,7 @@ TD_ATTRIBUTES_SEPT_VE_DISABLE = 1 << 28
 
 
 class UnsupportedQuoteType(UnsupportedVersion):
-    """A well-formed field names a variant this verifier does not accept (key, TEE, body, cert type)."""
+    """A field names a variant this verifier does not accept (key, TEE, body, cert type)."""
 
     reason = "unsupported_quote_type"
 
@@ -237,7 +237,7 @@ def attestation_public_key(raw: bytes) -> ec.EllipticCurvePublicKey:
 
 
 def parse_quote(data: bytes) -> TdxQuote:
-    """Parse a TDX quote v4/v5. Raises only :class:`attestation.errors.EvidenceRejected` subclasses."""
+    """Parse a TDX quote v4/v5; raises only :class:`~attestation.errors.EvidenceRejected`."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEvidence("quote: expected bytes")
     data = bytes(data)
@@ -280,7 +280,8 @@ def parse_quote(data: bytes) -> TdxQuote:
             )
         if body_size != expected:
             raise MalformedEvidence(
-                f"quote.body_descriptor.size: {body_size}, body type {body_type} is {expected} bytes"
+                f"quote.body_descriptor.size: {body_size}, "
+                f"body type {body_type} is {expected} bytes"
             )
     body = _parse_body(r.sub(body_size, "body"), body_type)
     signed_bytes = data[: r.pos]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,31 +19,42 @@ from attestation.errors import EvidenceRejected
 from attestation.snp import certs as c
 from attestation.snp.report import REPORT_SIZE, parse_report
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "vectors" / "snp"
-
 FAST = settings(
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
 )
 
-
-def _load(names: list[str]) -> list[bytes]:
-    return [(VECTORS / n).read_bytes() for n in names] if VECTORS.is_dir() else []
+_OIDS = list(c.EXTENSION_NAMES)
 
 
-REPORTS = _load(["milan-v2.report.bin", "milan-v2-debug.report.bin", "vlek-v3.report.bin"])
-KEY_CERTS = _load(
-    ["milan-v2.vcek.der", "vlek-v3.vlek.der", "turin.vcek.der", "tampered-new.vcek.der"]
-)
+@pytest.fixture(scope="module")
+def reports(vectors: Path) -> list[bytes]:
+    names = ["milan-v2.report.bin", "milan-v2-debug.report.bin", "vlek-v3.report.bin"]
+    out = [(vectors / "snp" / n).read_bytes() for n in names]
+    assert all(parse_report(r).raw == r for r in out)  # mutations start from valid reports
+    return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _vectors_present(vectors: Path) -> None:
-    # Fail (never skip) when the shared vectors are missing; module-level loading used the same path.
-    assert (vectors / "snp").resolve() == VECTORS.resolve()
-    assert len(REPORTS) == 3 and len(KEY_CERTS) == 4
+@pytest.fixture(scope="module")
+def key_certs(vectors: Path) -> list[bytes]:
+    names = ["milan-v2.vcek.der", "vlek-v3.vlek.der", "turin.vcek.der", "tampered-new.vcek.der"]
+    return [(vectors / "snp" / n).read_bytes() for n in names]
+
+
+@pytest.fixture(scope="module")
+def real_values(key_certs: list[bytes]) -> list[tuple[str, dict[str, bytes]]]:
+    out = []
+    for der in key_certs:
+        cert = c.load_certificate(der, "vector")
+        values = {
+            e.oid.dotted_string: e.value.value
+            for e in cert.extensions
+            if e.oid.dotted_string in _OIDS and isinstance(e.value, x509.UnrecognizedExtension)
+        }
+        assert values
+        out.append((c.leaf_kind(cert), values))
+    return out
 
 
 def _parse(data: bytes) -> None:
@@ -87,9 +99,13 @@ _MUTATION = st.tuples(st.integers(min_value=0, max_value=REPORT_SIZE - 1), st.in
     cut=st.one_of(st.none(), st.integers(min_value=0, max_value=REPORT_SIZE + 8)),
 )
 def test_report_mutations_of_real(
-    index: int, mutations: list[tuple[int, int]], version: int | None, cut: int | None
+    reports: list[bytes],
+    index: int,
+    mutations: list[tuple[int, int]],
+    version: int | None,
+    cut: int | None,
 ) -> None:
-    raw = bytearray(REPORTS[index])
+    raw = bytearray(reports[index])
     for off, value in mutations:
         raw[off] = value
     if version is not None:
@@ -101,21 +117,6 @@ def test_report_mutations_of_real(
 
 
 # --- extension decoder: 8,000 + 8,000 + 5,000 examples ---------------------------------------
-
-_OIDS = list(c.EXTENSION_NAMES)
-_REAL_VALUES: list[tuple[str, dict[str, bytes]]] = []
-for _der in KEY_CERTS:
-    _cert = c.load_certificate(_der, "vector")
-    _REAL_VALUES.append(
-        (
-            c.leaf_kind(_cert),
-            {
-                e.oid.dotted_string: e.value.value
-                for e in _cert.extensions
-                if e.oid.dotted_string in _OIDS
-            },
-        )
-    )
 
 
 def _decode(values: dict[str, bytes], kind: str) -> None:
@@ -152,8 +153,10 @@ def test_extensions_arbitrary(values: dict[str, bytes], kind: str) -> None:
     ),
     drop=st.booleans(),
 )
-def test_extensions_mutations_of_real(index: int, oid: str, value: bytes, drop: bool) -> None:
-    kind, real = _REAL_VALUES[index]
+def test_extensions_mutations_of_real(
+    real_values: list[tuple[str, dict[str, bytes]]], index: int, oid: str, value: bytes, drop: bool
+) -> None:
+    kind, real = real_values[index]
     values = dict(real)
     if drop:
         values.pop(oid, None)
@@ -169,8 +172,10 @@ def test_extensions_mutations_of_real(index: int, oid: str, value: bytes, drop: 
         st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4
     ),
 )
-def test_key_certificate_mutated_der(index: int, mutations: list[tuple[int, int]]) -> None:
-    der = bytearray(KEY_CERTS[index])
+def test_key_certificate_mutated_der(
+    key_certs: list[bytes], index: int, mutations: list[tuple[int, int]]
+) -> None:
+    der = bytearray(key_certs[index])
     for off, value in mutations:
         der[off % len(der)] = value
     try:

@@ -1,8 +1,9 @@
 """Fixtures and small async helpers for the service tests (DESIGN §7) over real gRPC/TLS.
 
 Every coordinator runs in-process on 127.0.0.1 with ephemeral ports and a mock TEE. The mock TEE
-is created once per session. Test modules import the fixtures they use from here (pytest finds
-fixtures in a module's namespace).
+is created once per session. Test modules import the fixtures they use from here as
+``*_fixture`` (pytest registers them under their ``name``, so test parameters do not shadow
+the imports).
 
 What the helpers model is exactly what a real client does: attest the coordinator first
 (:class:`coordinator.client.AttestedChannel`), then drive the raw gRPC stubs, signing with
@@ -61,6 +62,7 @@ WEB_ENTRY: dict[str, Any] = {
     "WorkloadSecretID": "web",
 }
 DB_ENTRY: dict[str, Any] = {}
+ALL_POLICIES = (COORDINATOR_POLICY, WEB_POLICY, DB_POLICY)
 
 LATEST_KEY = "transitions/latest"
 
@@ -89,8 +91,8 @@ class MockTee:
         return CoordinatorPolicy(self.anchors, self.reference_values, sha256(policy))
 
 
-@pytest.fixture(scope="session")
-def mock_tee(tmp_path_factory: pytest.TempPathFactory) -> MockTee:
+@pytest.fixture(scope="session", name="mock_tee")
+def mock_tee_fixture(tmp_path_factory: pytest.TempPathFactory) -> MockTee:
     directory = tmp_path_factory.mktemp("mock-tee")
     mock_tee_mod.init(directory)
     references = json.loads((directory / mock_tee_mod.REFERENCE_FILE).read_text())
@@ -112,8 +114,8 @@ class Keys:
     other_seedshare: rsa.RSAPrivateKey
 
 
-@pytest.fixture(scope="session")
-def keys() -> Keys:
+@pytest.fixture(scope="session", name="keys")
+def keys_fixture() -> Keys:
     return Keys(
         owner=ec.generate_private_key(ec.SECP256R1()),
         other_owner=ec.generate_private_key(ec.SECP256R1()),
@@ -204,8 +206,8 @@ class Coordinators:
             await self.stop(server)
 
 
-@pytest.fixture
-async def coordinators(mock_tee: MockTee, tmp_path: Path) -> AsyncIterator[Coordinators]:
+@pytest.fixture(name="coordinators")
+async def coordinators_fixture(mock_tee: MockTee, tmp_path: Path) -> AsyncIterator[Coordinators]:
     factory = Coordinators(mock_tee, tmp_path)
     try:
         yield factory
@@ -214,12 +216,7 @@ async def coordinators(mock_tee: MockTee, tmp_path: Path) -> AsyncIterator[Coord
 
 
 async def server_certificate(address: str) -> bytes:
-    """The DER certificate a coordinator presents (unverified: attestation decides).
-
-    The connection is aborted rather than shut down gracefully: a TLS close_notify sent before
-    the gRPC server wrote its first frame is never answered, and a graceful close then waits for
-    the full SSL shutdown timeout (30 s). See the report on coordinator/client.py.
-    """
+    """The DER certificate a coordinator presents (unverified: attestation decides)."""
     host, _, port = address.rpartition(":")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -233,7 +230,7 @@ async def server_certificate(address: str) -> bytes:
         assert der, "coordinator presented no certificate"
         return bytes(der)
     finally:
-        writer.transport.abort()
+        writer.transport.abort()  # no graceful TLS close: see coordinator.client
 
 
 async def connect(
@@ -242,19 +239,12 @@ async def connect(
     *,
     policy: CoordinatorPolicy | None = None,
     tee: MockTee | None = None,
-    prefetch: bool = False,
 ) -> AttestedChannel:
-    """An attested channel to ``server``'s user or mesh port.
-
-    ``prefetch=True`` lets :meth:`AttestedChannel.connect` fetch the certificate itself;
-    otherwise it is fetched here (see :func:`server_certificate`) and handed in as the pin.
-    """
+    """An attested channel to ``server``'s user or mesh port, exactly as a client opens it."""
     if policy is None:
         assert tee is not None, "give the expected coordinator policy or the mock TEE"
         policy = tee.coordinator_policy()
-    address = server.addresses[port]
-    pinned = None if prefetch else await server_certificate(address)
-    return await AttestedChannel.connect(address, policy, pinned_certificate=pinned)
+    return await AttestedChannel.connect(server.addresses[port], policy, timeout=10)
 
 
 async def raw_channel(server: CoordinatorServer, port: str = "user", **options: Any) -> Any:
@@ -305,7 +295,8 @@ def update_request(
     sign_with: ec.EllipticCurvePrivateKey | None = None,
 ) -> pb.SetManifestRequest:
     """A signed update of the manifest history from ``previous``."""
-    new_hash = transition_hash(sha256(manifest), previous)
+    # A malformed ``previous`` (refusal tests) still gets a well-formed signature over something.
+    new_hash = transition_hash(sha256(manifest), previous if len(previous) == 32 else bytes(32))
     signer = sign_with or owner
     return pb.SetManifestRequest(
         manifest=manifest,
@@ -467,3 +458,78 @@ def der(cert: x509.Certificate) -> bytes:
 
 def pem_der(pem: bytes) -> bytes:
     return der(x509.load_pem_x509_certificate(pem))
+
+
+@dataclass
+class Deployment:
+    """A coordinator after its first manifest, with attested user and mesh channels."""
+
+    server: CoordinatorServer
+    user: AttestedChannel
+    mesh: AttestedChannel
+    manifest: bytes
+    first: pb.SetManifestResponse
+    seed: bytes = field(repr=False)
+    salt: bytes = field(repr=False)
+
+    @property
+    def secrets_hex(self) -> list[str]:
+        """Secret values that must never appear in a status message or a log record."""
+        from coordinator.seedengine import SeedEngine
+
+        engine = SeedEngine(self.seed, self.salt)
+        return [self.seed.hex(), engine.pod_state_seed.hex(), engine.workload_secret("web").hex()]
+
+    async def close(self) -> None:
+        await self.user.close()
+        await self.mesh.close()
+
+
+async def deploy(
+    coordinators: Coordinators,
+    tee: MockTee,
+    keys: Keys,
+    *,
+    store: str | None = None,
+    owners: Sequence[ec.EllipticCurvePrivateKey] | None = None,
+) -> Deployment:
+    server = await coordinators.start(store)
+    user = await connect(server, "user", tee=tee)
+    manifest = manifest_bytes(
+        manifest_dict(
+            tee, owners=[keys.owner] if owners is None else owners, seedshare=[keys.seedshare]
+        )
+    )
+    first = await set_first_manifest(user, manifest, ALL_POLICIES)
+    seed, salt = open_seed_share(first.seed_share_document, keys.seedshare)
+    mesh = await connect(server, "mesh", tee=tee)
+    return Deployment(server, user, mesh, manifest, first, seed, salt)
+
+
+@pytest.fixture(name="deployed")
+async def deployed_fixture(
+    coordinators: Coordinators, mock_tee: MockTee, keys: Keys
+) -> AsyncIterator[Deployment]:
+    dep = await deploy(coordinators, mock_tee, keys)
+    try:
+        yield dep
+    finally:
+        await dep.close()
+
+
+async def observe(dep: Deployment) -> tuple[Snapshot, bytes]:
+    """The store's ``latest``, the installed transition, the issued counter and the whole
+    manifest history as served: what every refusal must leave exactly as it was."""
+    resp = await dep.user.user.GetManifests(pb.GetManifestsRequest(), timeout=10)
+    return await snapshot(dep.server), resp.SerializeToString(deterministic=True)
+
+
+def attestation_failures(server: CoordinatorServer) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in server.metrics.registry.collect():
+        if metric.name != "concord_attestation_failures":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["reason"]] = sample.value
+    return out

@@ -20,6 +20,7 @@ from attestation.errors import (
     CollateralExpired,
     MalformedEvidence,
     MissingCertificate,
+    SizeLimitExceeded,
     UntrustedRoot,
 )
 from attestation.reference import SnpTcb
@@ -249,7 +250,9 @@ def test_naive_now_is_utc(mock: MockAmd, mock_anchors: TrustAnchors) -> None:
     assert c.verify_key_chain([mock.vcek_der], mock_anchors, datetime(2025, 6, 1)).kind == "vcek"
 
 
-def test_missing_and_non_bytes(mock_anchors: TrustAnchors) -> None:
+def test_missing_too_many_and_non_bytes(mock: MockAmd, mock_anchors: TrustAnchors) -> None:
+    with pytest.raises(SizeLimitExceeded):
+        c.verify_key_chain([mock.vcek_der] * 9, mock_anchors, NOW)
     with pytest.raises(MissingCertificate):
         c.verify_key_chain([], mock_anchors, NOW)
     with pytest.raises(MalformedEvidence):

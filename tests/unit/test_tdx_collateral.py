@@ -1,4 +1,4 @@
-"""TDX collateral (attestation/tdx/collateral.py): loading, signatures, dates, CRLs, TCB evaluation."""
+"""TDX collateral (attestation/tdx/collateral.py): loading, signatures, dates, CRLs, TCB."""
 
 from __future__ import annotations
 
@@ -40,7 +40,12 @@ from attestation.tdx.collateral import (
     verify_collateral,
 )
 from attestation.tdx.mock import MockIntel, create_mock_intel
-from attestation.tdx.pck import PckChain, split_pem_certificates, verify_pck_chain
+from attestation.tdx.pck import (
+    PckChain,
+    split_pem_certificates,
+    verify_pck_chain,
+    verify_signer_chain,
+)
 from attestation.tdx.quote import TdxQuote, parse_quote
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -140,7 +145,7 @@ def test_sample_pcs_bodies_parse_and_verify(vectors: Path) -> None:
     tcb = parse_tcb_info(raw)
     assert tcb.fmspc.hex() == "50806f000000" and tcb.tcb_evaluation_data_number == 15
     assert len(tcb.tcb_levels) == 2 and tcb.tdx_module_identities == ()
-    qraw, qsig = extract_signed_json(qe_body, "enclaveIdentity")
+    qraw, _ = extract_signed_json(qe_body, "enclaveIdentity")
     qe = parse_qe_identity(qraw)
     assert qe.id == "TD_QE" and qe.mr_signer.hex().startswith("dc9e2a7c")
     # Intel signed them with the key of today's TCB Signing certificate (same key, re-issued
@@ -163,17 +168,33 @@ def test_sample_pcs_bodies_parse_and_verify(vectors: Path) -> None:
 def test_sample_tcbinfo_evaluates_real_pcks(vectors: Path, anchors: TrustAnchors) -> None:
     """The 2023 TCB info covers FMSPC 50806f000000 (spr-v4 and debug-v4)."""
     raw, _ = extract_signed_json((vectors / "tdx" / "sample-tcbinfo.json").read_bytes(), "tcbInfo")
-    qraw, _ = extract_signed_json((vectors / "tdx" / "sample-qeidentity.json").read_bytes(), "enclaveIdentity")
-    dummy = verify_pck_chain(_quote(vectors, "spr-v4").pck_chain_der, anchors, NOW)
+    qraw, _ = extract_signed_json(
+        (vectors / "tdx" / "sample-qeidentity.json").read_bytes(), "enclaveIdentity"
+    )
+    chain = split_pem_certificates(_col(vectors, "uptodate-v4").tcb_info_issuer_chain, "chain")
+    signer = verify_signer_chain(chain, anchors, NOW, "chain")
     vc = VerifiedCollateral(
-        tcb_info=parse_tcb_info(raw), qe_identity=parse_qe_identity(qraw), tcb_signer=dummy, qe_signer=dummy  # type: ignore[arg-type]
+        tcb_info=parse_tcb_info(raw),
+        qe_identity=parse_qe_identity(qraw),
+        tcb_signer=signer,
+        qe_signer=signer,
     )
     debug = _quote(vectors, "debug-v4")
-    ev = evaluate_tcb(vc, debug.body, debug.qe_report, verify_pck_chain(debug.pck_chain_der, anchors, NOW).extensions)
+    ev = evaluate_tcb(
+        vc,
+        debug.body,
+        debug.qe_report,
+        verify_pck_chain(debug.pck_chain_der, anchors, NOW).extensions,
+    )
     assert ev.status == "UpToDate" and ev.module_status is None
     spr = _quote(vectors, "spr-v4")  # PCK SGX components 3,3,2,2,2,... are below both levels
     with pytest.raises(TcbStatusRejected, match="no TCB level matches") as exc:
-        evaluate_tcb(vc, spr.body, spr.qe_report, dummy.extensions)
+        evaluate_tcb(
+            vc,
+            spr.body,
+            spr.qe_report,
+            verify_pck_chain(spr.pck_chain_der, anchors, NOW).extensions,
+        )
     assert type(exc.value) is TcbStatusRejected
 
 
@@ -191,7 +212,9 @@ def test_real_crls_parse_and_verify(vectors: Path, anchors: TrustAnchors) -> Non
 
 
 def test_stale_real_crl_refused(vectors: Path, anchors: TrustAnchors) -> None:
-    col = replace(_col(vectors, "uptodate-v4"), pck_crl=(vectors / "tdx" / "pckcrl.der").read_bytes())
+    col = replace(
+        _col(vectors, "uptodate-v4"), pck_crl=(vectors / "tdx" / "pckcrl.der").read_bytes()
+    )
     with pytest.raises(CollateralExpired, match="pck_crl"):
         verify_collateral(col, anchors, UPTODATE_NOW)
 
@@ -216,12 +239,16 @@ def test_uptodate_collateral_verifies(vectors: Path, anchors: TrustAnchors) -> N
         datetime(2025, 6, 19, 10, 0, tzinfo=UTC),  # before issueDate
     ],
 )
-def test_uptodate_collateral_outside_its_window(vectors: Path, anchors: TrustAnchors, when: datetime) -> None:
+def test_uptodate_collateral_outside_its_window(
+    vectors: Path, anchors: TrustAnchors, when: datetime
+) -> None:
     with pytest.raises(CollateralExpired):
         verify_collateral(_col(vectors, "uptodate-v4"), anchors, when)
 
 
-@pytest.mark.parametrize("field", ["tcb_info", "qe_identity", "tcb_info_signature", "qe_identity_signature"])
+@pytest.mark.parametrize(
+    "field", ["tcb_info", "qe_identity", "tcb_info_signature", "qe_identity_signature"]
+)
 def test_tampered_real_collateral(vectors: Path, anchors: TrustAnchors, field: str) -> None:
     col = _col(vectors, "uptodate-v4")
     value = bytearray(getattr(col, field))
@@ -235,11 +262,21 @@ def test_real_collateral_under_mock_anchors(vectors: Path, mock: MockIntel) -> N
         verify_collateral(_col(vectors, "uptodate-v4"), mock.trust_anchors(), UPTODATE_NOW)
 
 
-def test_mock_signer_under_production_anchors(vectors: Path, anchors: TrustAnchors, mock: MockIntel) -> None:
+def test_mock_signer_under_production_anchors(
+    vectors: Path, anchors: TrustAnchors, mock: MockIntel
+) -> None:
     real = _col(vectors, "uptodate-v4")
     fake = mock.make_collateral(UPTODATE_NOW, tcb_info=real.tcb_info, qe_identity=real.qe_identity)
     with pytest.raises(UntrustedRoot):
-        verify_collateral(replace(real, tcb_info_signature=fake.tcb_info_signature, tcb_info_issuer_chain=fake.tcb_info_issuer_chain), anchors, UPTODATE_NOW)
+        verify_collateral(
+            replace(
+                real,
+                tcb_info_signature=fake.tcb_info_signature,
+                tcb_info_issuer_chain=fake.tcb_info_issuer_chain,
+            ),
+            anchors,
+            UPTODATE_NOW,
+        )
 
 
 def test_collateral_cache(vectors: Path, anchors: TrustAnchors) -> None:
@@ -258,7 +295,9 @@ def test_collateral_cache(vectors: Path, anchors: TrustAnchors) -> None:
 
 def _evaluate(mock: MockIntel, col: TdxCollateral, **quote_kwargs: Any) -> Any:
     anchors = mock.trust_anchors()
-    raw = mock.make_quote(mr_td=b"\x01" * 48, report_data=bytes(64), td_attributes=SEPT_VE, **quote_kwargs)
+    raw = mock.make_quote(
+        mr_td=b"\x01" * 48, report_data=bytes(64), td_attributes=SEPT_VE, **quote_kwargs
+    )
     q = parse_quote(raw)
     pck: PckChain = verify_pck_chain(q.pck_chain_der, anchors, NOW)
     vc = verify_collateral(col, anchors, NOW)
@@ -282,14 +321,22 @@ def test_mock_collateral_up_to_date(mock: MockIntel) -> None:
 def test_module_svn_below_level_converges_out_of_date(mock: MockIntel) -> None:
     # TEE_TCB_SVN[0] is the TDX module minor SVN; with a module version (byte 1) > 0 it is judged
     # by the module identity, not by the platform level (components 0 and 1 are skipped there).
-    ev = _evaluate(mock, mock.make_collateral(NOW), tee_tcb_svn=bytes.fromhex("04010300000000000000000000000000"))
+    ev = _evaluate(
+        mock,
+        mock.make_collateral(NOW),
+        tee_tcb_svn=bytes.fromhex("04010300000000000000000000000000"),
+    )
     assert ev.platform_status == "UpToDate" and ev.module_status == "OutOfDate"
     assert ev.status == "OutOfDate" and "INTEL-SA-MOCK-1" in ev.advisory_ids
 
 
 def test_module_version_zero_compares_all_components(mock: MockIntel) -> None:
     tcb = _tcb(mock)
-    ev = _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb), tee_tcb_svn=bytes.fromhex("05000300000000000000000000000000"))
+    ev = _evaluate(
+        mock,
+        mock.make_collateral(NOW, tcb_info=tcb),
+        tee_tcb_svn=bytes.fromhex("05000300000000000000000000000000"),
+    )
     assert ev.module_status is None
     # Component 1 of level 0 is 1: a module-version-0 quote with byte 1 = 0 matches level 1.
     assert ev.platform_status == "OutOfDate"
@@ -297,7 +344,11 @@ def test_module_version_zero_compares_all_components(mock: MockIntel) -> None:
 
 def test_missing_module_identity(mock: MockIntel) -> None:
     with pytest.raises(TcbStatusRejected, match="TDX_02") as exc:
-        _evaluate(mock, mock.make_collateral(NOW), tee_tcb_svn=bytes.fromhex("05020300000000000000000000000000"))
+        _evaluate(
+            mock,
+            mock.make_collateral(NOW),
+            tee_tcb_svn=bytes.fromhex("05020300000000000000000000000000"),
+        )
     assert type(exc.value) is TcbStatusRejected
 
 
@@ -308,7 +359,9 @@ def test_module_identity_mismatch(mock: MockIntel) -> None:
         _evaluate(mock, mock.make_collateral(NOW), seam_attributes=b"\x01" + bytes(7))
     tcb = _tcb(mock)
     tcb["tdxModuleIdentities"][0]["attributesMask"] = "FEFFFFFFFFFFFFFF"
-    ev = _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb), seam_attributes=b"\x01" + bytes(7))
+    ev = _evaluate(
+        mock, mock.make_collateral(NOW, tcb_info=tcb), seam_attributes=b"\x01" + bytes(7)
+    )
     assert ev.status == "UpToDate"  # the masked-out bit is ignored
 
 
@@ -316,14 +369,22 @@ def test_module_svn_below_every_level(mock: MockIntel) -> None:
     tcb = _tcb(mock)
     tcb["tdxModuleIdentities"][0]["tcbLevels"] = tcb["tdxModuleIdentities"][0]["tcbLevels"][:1]
     with pytest.raises(TcbStatusRejected, match="below every level"):
-        _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb), tee_tcb_svn=bytes.fromhex("04010300000000000000000000000000"))
+        _evaluate(
+            mock,
+            mock.make_collateral(NOW, tcb_info=tcb),
+            tee_tcb_svn=bytes.fromhex("04010300000000000000000000000000"),
+        )
 
 
 def test_no_tcb_level_matches(mock: MockIntel) -> None:
     tcb = _tcb(mock)
     tcb["tcbLevels"] = tcb["tcbLevels"][:1]
     with pytest.raises(TcbStatusRejected, match="no TCB level matches"):
-        _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb), tee_tcb_svn=bytes.fromhex("05010200000000000000000000000000"))
+        _evaluate(
+            mock,
+            mock.make_collateral(NOW, tcb_info=tcb),
+            tee_tcb_svn=bytes.fromhex("05010200000000000000000000000000"),
+        )
     tcb["tcbLevels"][0]["tcb"]["pcesvn"] = 99
     with pytest.raises(TcbStatusRejected, match="no TCB level matches"):
         _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb))
@@ -334,7 +395,9 @@ def test_no_tcb_level_matches(mock: MockIntel) -> None:
         _evaluate(mock, mock.make_collateral(NOW, tcb_info=tcb))
 
 
-@pytest.mark.parametrize("status", ["SWHardeningNeeded", "ConfigurationNeeded", "Revoked", "OutOfDate"])
+@pytest.mark.parametrize(
+    "status", ["SWHardeningNeeded", "ConfigurationNeeded", "Revoked", "OutOfDate"]
+)
 def test_platform_status_passes_through(mock: MockIntel, status: str) -> None:
     tcb = _tcb(mock)
     tcb["tcbLevels"][0]["tcbStatus"] = status
@@ -363,7 +426,10 @@ def test_qe_status_convergence(mock: MockIntel) -> None:
 def test_converge_table() -> None:
     assert converge("UpToDate", ["UpToDate", "UpToDate"]) == "UpToDate"
     assert converge("SWHardeningNeeded", ["OutOfDate"]) == "OutOfDate"
-    assert converge("ConfigurationAndSWHardeningNeeded", ["OutOfDate"]) == "OutOfDateConfigurationNeeded"
+    assert (
+        converge("ConfigurationAndSWHardeningNeeded", ["OutOfDate"])
+        == "OutOfDateConfigurationNeeded"
+    )
     assert converge("OutOfDate", ["UpToDate"]) == "OutOfDate"
     assert converge("UpToDate", ["OutOfDate", "Revoked"]) == "Revoked"
     assert converge("SWHardeningNeeded", ["ConfigurationNeeded"]) == "SWHardeningNeeded"
@@ -405,7 +471,9 @@ def test_revocation(mock: MockIntel, tmp_path: Path) -> None:
     with pytest.raises(CertificateRevoked, match="PCK certificate"):
         _evaluate(mock, mock.make_collateral(NOW, revoked_pck=True))
     # The root CRL revoking the PCK CA.
-    col = replace(mock.make_collateral(NOW), root_ca_crl=_root_crl_revoking(mock, mock.pck_ca.serial_number))
+    col = replace(
+        mock.make_collateral(NOW), root_ca_crl=_root_crl_revoking(mock, mock.pck_ca.serial_number)
+    )
     with pytest.raises(CertificateRevoked, match="PCK CA"):
         _evaluate(mock, col)
     # A PCK CRL from a different CA with the same name: signature refused.
@@ -433,7 +501,10 @@ def _root_crl_revoking(mock: MockIntel, serial: int) -> bytes:
         .last_update(NOW - timedelta(days=1))
         .next_update(NOW + timedelta(days=1))
         .add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW - timedelta(days=1)).build()
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(NOW - timedelta(days=1))
+            .build()
         )
     )
     return builder.sign(mock.root_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
@@ -457,7 +528,9 @@ def test_signer_chain_rules(mock: MockIntel, anchors: TrustAnchors) -> None:
     with pytest.raises(ChainRejected, match="CA certificate"):
         verify_collateral(bad, mock.trust_anchors(), NOW)
     with pytest.raises(MalformedEvidence):
-        verify_collateral(replace(col, qe_identity_issuer_chain=b"garbage"), mock.trust_anchors(), NOW)
+        verify_collateral(
+            replace(col, qe_identity_issuer_chain=b"garbage"), mock.trust_anchors(), NOW
+        )
     assert split_pem_certificates(col.tcb_info_issuer_chain, "x")
 
 
@@ -495,7 +568,14 @@ def test_duplicate_json_keys_refused() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"[]", b'{"tcbInfo":{}}', b'{"signature":"00"}', b'{"tcbInfo":{},"signature":"zz"}', b'{"tcbInfo":{},"signature":"00"} x', b'{"tcbInfo":{},"tcbInfo":{},"signature":"00"}'],
+    [
+        b"[]",
+        b'{"tcbInfo":{}}',
+        b'{"signature":"00"}',
+        b'{"tcbInfo":{},"signature":"zz"}',
+        b'{"tcbInfo":{},"signature":"00"} x',
+        b'{"tcbInfo":{},"tcbInfo":{},"signature":"00"}',
+    ],
 )
 def test_extract_signed_json_rejections(body: bytes) -> None:
     with pytest.raises(CollateralRejected):

@@ -130,9 +130,15 @@ def test_extension_field_rejections(mock: MockIntel) -> None:
             decode_sgx_extensions(encode_sgx_extensions(bad))
     # An SVN above 255 does not fit a TCB component; PCESVN above 65535 neither.
     with pytest.raises(CertificateExtensionInvalid, match="sgxtcbcomp01svn"):
-        decode_sgx_extensions(encode_sgx_extensions(replace(good, tcb=replace(good.tcb, components=(256, *good.tcb.components[1:])))))
+        decode_sgx_extensions(
+            encode_sgx_extensions(
+                replace(good, tcb=replace(good.tcb, components=(256, *good.tcb.components[1:])))
+            )
+        )
     with pytest.raises(CertificateExtensionInvalid, match="pcesvn"):
-        decode_sgx_extensions(encode_sgx_extensions(replace(good, tcb=replace(good.tcb, pce_svn=70000))))
+        decode_sgx_extensions(
+            encode_sgx_extensions(replace(good, tcb=replace(good.tcb, pce_svn=70000)))
+        )
     # Missing FMSPC entry: remove it from the encoding by re-encoding a version with a
     # different OID arc in its place.
     value = encode_sgx_extensions(good)
@@ -218,9 +224,13 @@ def test_naive_now_is_a_caller_error(vectors: Path, anchors: TrustAnchors) -> No
         verify_pck_chain(_chain(vectors, "spr-v4"), anchors, datetime(2026, 3, 1))
 
 
-def test_mock_and_real_chains_cross_rejected(vectors: Path, anchors: TrustAnchors, mock: MockIntel) -> None:
+def test_mock_and_real_chains_cross_rejected(
+    vectors: Path, anchors: TrustAnchors, mock: MockIntel
+) -> None:
     mock_ders = split_pem_certificates(mock.pck_chain_pem(), "mock")
-    assert verify_pck_chain(mock_ders, mock.trust_anchors(), NOW).extensions.fmspc == bytes.fromhex("c0c06f000000")
+    assert verify_pck_chain(mock_ders, mock.trust_anchors(), NOW).extensions.fmspc == bytes.fromhex(
+        "c0c06f000000"
+    )
     with pytest.raises(UntrustedRoot):
         verify_pck_chain(mock_ders, anchors, NOW)
     with pytest.raises(UntrustedRoot):

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from attestation.errors import MalformedEvidence, MissingCertificate, SizeLimitExceeded, UnsupportedVersion
+from attestation.errors import (
+    MalformedEvidence,
+    MissingCertificate,
+    SizeLimitExceeded,
+    UnsupportedVersion,
+)
 from attestation.tdx.quote import (
     INTEL_QE_VENDOR_ID,
     MAX_QUOTE_SIZE,
@@ -87,7 +92,7 @@ def test_body_field_offsets(vectors: Path) -> None:
         "mr_td": (136, 48), "mr_config_id": (184, 48), "mr_owner": (232, 48),
         "mr_owner_config": (280, 48), "report_data": (520, 64),
     }  # fmt: skip
-    for i, (name, (off, size)) in enumerate(fields.items()):
+    for i, (off, size) in enumerate(fields.values()):
         raw[48 + off : 48 + off + size] = bytes([i + 1]) * size
     for r in range(4):
         raw[48 + 328 + 48 * r : 48 + 376 + 48 * r] = bytes([0xA0 + r]) * 48
@@ -118,24 +123,24 @@ def test_tee_type_rejected(vectors: Path, tee: int) -> None:
 
 @pytest.mark.parametrize("cert_type", [1, 2, 3, 4, 5, 7])
 def test_certification_data_type_not_6_rejected(vectors: Path, cert_type: int) -> None:
-    with pytest.raises(UnsupportedQuoteType, match="certification_data.type"):
+    with pytest.raises(UnsupportedQuoteType, match=r"certification_data\.type"):
         parse_quote(_set(_vec(vectors, "spr-v4"), CERT_TYPE_AT, "<H", cert_type))
 
 
 def test_inner_certification_type_not_5_rejected(vectors: Path) -> None:
-    with pytest.raises(UnsupportedQuoteType, match="pck_cert_data.type"):
+    with pytest.raises(UnsupportedQuoteType, match=r"pck_cert_data\.type"):
         parse_quote(_set(_vec(vectors, "spr-v4"), INNER_TYPE_AT, "<H", 3))
 
 
 @pytest.mark.parametrize("body_type", [0, 1, 4, 9])
 def test_v5_unknown_body_type(vectors: Path, body_type: int) -> None:
-    with pytest.raises(UnsupportedQuoteType, match="body_descriptor.type"):
+    with pytest.raises(UnsupportedQuoteType, match=r"body_descriptor\.type"):
         parse_quote(_set(_vec(vectors, "sample-v5"), 48, "<H", body_type))
 
 
 @pytest.mark.parametrize("size", [0, 584, 647, 649, 0xFFFFFFFF])
 def test_v5_body_size_must_match_type(vectors: Path, size: int) -> None:
-    with pytest.raises(MalformedEvidence, match="body_descriptor.size") as exc:
+    with pytest.raises(MalformedEvidence, match=r"body_descriptor\.size") as exc:
         parse_quote(_set(_vec(vectors, "sample-v5"), 50, "<I", size))
     assert type(exc.value) is MalformedEvidence
 
@@ -190,7 +195,10 @@ def test_oversize_rejected(vectors: Path) -> None:
     with pytest.raises(SizeLimitExceeded):
         parse_quote(raw + bytes(MAX_QUOTE_SIZE))
     # At the limit the trailing bytes are still tolerated.
-    assert parse_quote(raw + bytes(MAX_QUOTE_SIZE - len(raw))).trailing_bytes == MAX_QUOTE_SIZE - 632 - 4 - 4299
+    assert (
+        parse_quote(raw + bytes(MAX_QUOTE_SIZE - len(raw))).trailing_bytes
+        == MAX_QUOTE_SIZE - 632 - 4 - 4299
+    )
 
 
 def test_attestation_key_off_curve(vectors: Path) -> None:

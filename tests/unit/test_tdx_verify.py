@@ -82,7 +82,10 @@ def test_spr_v4_valid_trailing_ignored(vectors: Path, anchors: TrustAnchors) -> 
     assert v.quote.trailing_bytes == 39
     # Changing the unsigned trailing bytes changes nothing.
     other = raw[:-39] + b"different trailer"
-    assert verify_tdx(other, anchors, [_ref_for(raw)], None, NOW, require_collateral=False).mr_td == v.mr_td
+    assert (
+        verify_tdx(other, anchors, [_ref_for(raw)], None, NOW, require_collateral=False).mr_td
+        == v.mr_td
+    )
 
 
 def test_sample_v5_valid(vectors: Path, anchors: TrustAnchors) -> None:
@@ -97,7 +100,14 @@ def test_debug_v4_crypto_valid_policy_rejects(vectors: Path, anchors: TrustAncho
         verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW, require_collateral=False)
     # Crypto is valid: a reference that explicitly admits these TD attributes accepts it.
     q = parse_quote(raw)
-    v = verify_tdx(raw, anchors, [_ref_for(raw, td_attributes=q.body.td_attributes)], None, NOW, require_collateral=False)
+    v = verify_tdx(
+        raw,
+        anchors,
+        [_ref_for(raw, td_attributes=q.body.td_attributes)],
+        None,
+        NOW,
+        require_collateral=False,
+    )
     assert v.td_attributes[0] & 1
 
 
@@ -109,7 +119,9 @@ def test_uptodate_v4_with_collateral(vectors: Path, anchors: TrustAnchors) -> No
     assert v.fmspc.hex() == "b0c06f000000" and v.qe_svn == 6
     # Stale after 2025-07-19.
     with pytest.raises(CollateralExpired):
-        verify_tdx(raw, anchors, [_ref_for(raw)], None, datetime(2025, 7, 20, tzinfo=UTC), collateral=col)
+        verify_tdx(
+            raw, anchors, [_ref_for(raw)], None, datetime(2025, 7, 20, tzinfo=UTC), collateral=col
+        )
 
 
 def test_outdated_v5_crypto_valid_but_no_tcb_level(vectors: Path, anchors: TrustAnchors) -> None:
@@ -118,7 +130,14 @@ def test_outdated_v5_crypto_valid_but_no_tcb_level(vectors: Path, anchors: Trust
     # Crypto is valid (no collateral, caller accepting the unknown status):
     assert verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW, require_collateral=False)
     with pytest.raises(TcbStatusRejected, match="no TCB level matches") as exc:
-        verify_tdx(raw, anchors, [_ref_for(raw, accepted_tcb_statuses=("UpToDate", "OutOfDate", "Revoked"))], None, NOW, collateral=col)
+        verify_tdx(
+            raw,
+            anchors,
+            [_ref_for(raw, accepted_tcb_statuses=("UpToDate", "OutOfDate", "Revoked"))],
+            None,
+            NOW,
+            collateral=col,
+        )
     assert type(exc.value) is TcbStatusRejected
 
 
@@ -134,14 +153,20 @@ def test_cross_anchor_rejection(vectors: Path, anchors: TrustAnchors, mock: Mock
         verify_tdx(raw, mock.trust_anchors(), [_ref_for(raw)], None, NOW, require_collateral=False)
     mq = mock.make_quote(mr_td=MR_TD, report_data=REPORT_DATA)
     with pytest.raises(UntrustedRoot):
-        verify_tdx(mq, anchors, [TdxReference(mr_td=MR_TD)], REPORT_DATA, NOW, require_collateral=False)
+        verify_tdx(
+            mq, anchors, [TdxReference(mr_td=MR_TD)], REPORT_DATA, NOW, require_collateral=False
+        )
 
 
 def test_mock_v4_and_v5_valid(mock: MockIntel) -> None:
     col = mock.make_collateral(NOW)
     for version, body_type in ((4, 2), (5, 3), (5, 2)):
-        mq = mock.make_quote(mr_td=MR_TD, report_data=REPORT_DATA, version=version, body_type=body_type)
-        v = verify_tdx(mq, mock.trust_anchors(), [TdxReference(mr_td=MR_TD)], REPORT_DATA, NOW, collateral=col)
+        mq = mock.make_quote(
+            mr_td=MR_TD, report_data=REPORT_DATA, version=version, body_type=body_type
+        )
+        v = verify_tdx(
+            mq, mock.trust_anchors(), [TdxReference(mr_td=MR_TD)], REPORT_DATA, NOW, collateral=col
+        )
         assert v.tcb_status == "UpToDate" and v.quote.body_type == body_type
 
 
@@ -159,7 +184,9 @@ def test_bad_arguments_are_caller_errors(vectors: Path, anchors: TrustAnchors) -
     with pytest.raises(ValueError):
         verify_tdx(raw, anchors, [_ref_for(raw)], b"short", NOW, require_collateral=False)
     with pytest.raises(ValueError):
-        verify_tdx(raw, anchors, [_ref_for(raw)], None, datetime(2026, 3, 1), require_collateral=False)
+        verify_tdx(
+            raw, anchors, [_ref_for(raw)], None, datetime(2026, 3, 1), require_collateral=False
+        )
 
 
 # --- negative matrix -------------------------------------------------------------------------
@@ -179,6 +206,10 @@ def _flip(data: bytes, offset: int, bit: int = 0) -> bytes:
     buf = bytearray(data)
     buf[offset] ^= 1 << bit
     return bytes(buf)
+
+
+def _flip_at(offset: int, bit: int = 0) -> Callable[[bytes], bytes]:
+    return lambda q: _flip(q, offset, bit)
 
 
 def _put(data: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -220,7 +251,9 @@ def _with_qe(mutate: Callable[[dict[str, Any]], None]) -> Callable[[Ctx, MockInt
     def apply(c: Ctx, m: MockIntel, t: Path) -> Ctx:
         qe = m.qe_identity_dict(NOW)
         mutate(qe)
-        return replace(c, collateral=m.make_collateral(NOW, qe_identity=qe), require_collateral=True)
+        return replace(
+            c, collateral=m.make_collateral(NOW, qe_identity=qe), require_collateral=True
+        )
 
     return apply
 
@@ -244,7 +277,9 @@ def _set_bytes(offset: int, value: bytes) -> Callable[[bytes], bytes]:
 
 def _foreign_chain(c: Ctx, m: MockIntel, t: Path) -> Ctx:
     fake = create_mock_intel(t / "fake", now=NOW, names="intel")
-    return replace(c, quote=fake.make_quote(mr_td=MR_TD, report_data=REPORT_DATA, td_attributes=SEPT_VE))
+    return replace(
+        c, quote=fake.make_quote(mr_td=MR_TD, report_data=REPORT_DATA, td_attributes=SEPT_VE)
+    )
 
 
 def _fake_signer(c: Ctx, m: MockIntel, t: Path) -> Ctx:
@@ -253,7 +288,11 @@ def _fake_signer(c: Ctx, m: MockIntel, t: Path) -> Ctx:
     forged = other.make_collateral(NOW)
     return replace(
         c,
-        collateral=replace(c.collateral, tcb_info_signature=forged.tcb_info_signature, tcb_info_issuer_chain=forged.tcb_info_issuer_chain),
+        collateral=replace(
+            c.collateral,
+            tcb_info_signature=forged.tcb_info_signature,
+            tcb_info_issuer_chain=forged.tcb_info_issuer_chain,
+        ),
     )
 
 
@@ -280,8 +319,14 @@ CASES: list[Case] = [
     ("real", "cert data type 5", _q(lambda q: _put(q, 764, "<H", 5)), UnsupportedQuoteType),
     ("mock", "cert data type 7", _q(lambda q: _put(q, 764, "<H", 7)), UnsupportedQuoteType),
     # every measured body field, on real and mock quotes
-    *[("real", f"body {n} bit", _q(lambda q, o=o: _flip(q, BODY + o + 5)), SignatureInvalid) for n, o in BODY_FIELDS.items()],
-    *[("mock", f"body {n} bit", _q(lambda q, o=o: _flip(q, BODY + o, 7)), SignatureInvalid) for n, o in BODY_FIELDS.items()],
+    *[
+        ("real", f"body {n} bit", _q(_flip_at(BODY + o + 5)), SignatureInvalid)
+        for n, o in BODY_FIELDS.items()
+    ],
+    *[
+        ("mock", f"body {n} bit", _q(_flip_at(BODY + o, 7)), SignatureInvalid)
+        for n, o in BODY_FIELDS.items()
+    ],
     # QE report, its signature, the quote signature
     ("real", "QE report mrenclave bit", _q(lambda q: _flip(q, 770 + 64)), SignatureInvalid),
     ("real", "QE report isvsvn bit", _q(lambda q: _flip(q, 770 + 258)), SignatureInvalid),
@@ -295,8 +340,18 @@ CASES: list[Case] = [
     # QE binding and the attestation key
     ("real", "QE auth data changed", _q(lambda q: _flip(q, 1220 + 3)), BindingMismatch),
     ("mock", "QE auth data changed", _q(lambda q: _flip(q, 1220)), BindingMismatch),
-    ("real", "attestation key replaced", _q(lambda q: _set_bytes(700, _other_key_point())(q)), BindingMismatch),
-    ("real", "attestation key off curve", _q(_set_bytes(700, (5).to_bytes(32, "big") * 2)), InvalidAttestationKey),
+    (
+        "real",
+        "attestation key replaced",
+        _q(lambda q: _set_bytes(700, _other_key_point())(q)),
+        BindingMismatch,
+    ),
+    (
+        "real",
+        "attestation key off curve",
+        _q(_set_bytes(700, (5).to_bytes(32, "big") * 2)),
+        InvalidAttestationKey,
+    ),
     ("mock", "attestation key off curve", _q(lambda q: _flip(q, 763)), InvalidAttestationKey),
     # structure
     ("real", "truncated in header", _q(lambda q: q[:20]), MalformedEvidence),
@@ -305,35 +360,134 @@ CASES: list[Case] = [
     ("real", "truncated in QE report", _q(lambda q: q[:900]), MalformedEvidence),
     ("mock", "truncated in PEM", _q(lambda q: q[:-200]), MalformedEvidence),
     ("real", "oversize", _q(lambda q: q + bytes(70_000)), SizeLimitExceeded),
-    ("real", "PCK chain without certificates", _q(lambda q: q[:1258] + bytes(len(q) - 1258 - 39) + q[-39:]), MissingCertificate),
+    (
+        "real",
+        "PCK chain without certificates",
+        _q(lambda q: q[:1258] + bytes(len(q) - 1258 - 39) + q[-39:]),
+        MissingCertificate,
+    ),
     # chain
-    ("real", "PCK expired", lambda c, m, t: replace(c, now=datetime(2029, 9, 21, tzinfo=UTC)), CertificateExpired),
-    ("real5", "PCK not yet valid", lambda c, m, t: replace(c, now=datetime(2026, 1, 1, tzinfo=UTC)), CertificateExpired),
-    ("real", "under mock anchors", lambda c, m, t: replace(c, anchors=m.trust_anchors()), UntrustedRoot),
-    ("mock", "under production anchors", lambda c, m, t: replace(c, anchors=production()), UntrustedRoot),
+    (
+        "real",
+        "PCK expired",
+        lambda c, m, t: replace(c, now=datetime(2029, 9, 21, tzinfo=UTC)),
+        CertificateExpired,
+    ),
+    (
+        "real5",
+        "PCK not yet valid",
+        lambda c, m, t: replace(c, now=datetime(2026, 1, 1, tzinfo=UTC)),
+        CertificateExpired,
+    ),
+    (
+        "real",
+        "under mock anchors",
+        lambda c, m, t: replace(c, anchors=m.trust_anchors()),
+        UntrustedRoot,
+    ),
+    (
+        "mock",
+        "under production anchors",
+        lambda c, m, t: replace(c, anchors=production()),
+        UntrustedRoot,
+    ),
     ("mock", "same names, other root", _foreign_chain, UntrustedRoot),
-    ("mock", "PCK expired", lambda c, m, t: replace(c, now=NOW + timedelta(days=365 * 8)), CertificateExpired),
+    (
+        "mock",
+        "PCK expired",
+        lambda c, m, t: replace(c, now=NOW + timedelta(days=365 * 8)),
+        CertificateExpired,
+    ),
     # collateral
-    ("mockc", "revoked PCK", lambda c, m, t: replace(c, collateral=m.make_collateral(NOW, revoked_pck=True)), CertificateRevoked),
-    ("mockc", "stale collateral", lambda c, m, t: replace(c, now=NOW + timedelta(days=31)), CollateralExpired),
-    ("mockc", "collateral issued in the future", lambda c, m, t: replace(c, collateral=m.make_collateral(NOW + timedelta(days=2))), CollateralExpired),
-    ("uptodate", "stale real collateral", lambda c, m, t: replace(c, now=datetime(2025, 7, 20, tzinfo=UTC)), CollateralExpired),
-    ("uptodate", "tampered TCB info byte", _tamper_collateral("tcb_info"), CollateralSignatureInvalid),
-    ("uptodate", "tampered QE identity byte", _tamper_collateral("qe_identity"), CollateralSignatureInvalid),
+    (
+        "mockc",
+        "revoked PCK",
+        lambda c, m, t: replace(c, collateral=m.make_collateral(NOW, revoked_pck=True)),
+        CertificateRevoked,
+    ),
+    (
+        "mockc",
+        "stale collateral",
+        lambda c, m, t: replace(c, now=NOW + timedelta(days=31)),
+        CollateralExpired,
+    ),
+    (
+        "mockc",
+        "collateral issued in the future",
+        lambda c, m, t: replace(c, collateral=m.make_collateral(NOW + timedelta(days=2))),
+        CollateralExpired,
+    ),
+    (
+        "uptodate",
+        "stale real collateral",
+        lambda c, m, t: replace(c, now=datetime(2025, 7, 20, tzinfo=UTC)),
+        CollateralExpired,
+    ),
+    (
+        "uptodate",
+        "tampered TCB info byte",
+        _tamper_collateral("tcb_info"),
+        CollateralSignatureInvalid,
+    ),
+    (
+        "uptodate",
+        "tampered QE identity byte",
+        _tamper_collateral("qe_identity"),
+        CollateralSignatureInvalid,
+    ),
     ("mockc", "tampered TCB info byte", _tamper_collateral("tcb_info"), CollateralSignatureInvalid),
     ("uptodate", "TCB info signed under another root", _fake_signer, UntrustedRoot),
-    ("mockc", "wrong FMSPC", _with_tcb(lambda t: t.update(fmspc="00906ED50000")), CollateralMismatch),
+    (
+        "mockc",
+        "wrong FMSPC",
+        _with_tcb(lambda t: t.update(fmspc="00906ED50000")),
+        CollateralMismatch,
+    ),
     ("mockc", "wrong PCE-ID", _with_tcb(lambda t: t.update(pceId="0100")), CollateralMismatch),
-    ("mockc", "no TCB level matches", _with_tcb(lambda t: t.update(tcbLevels=[{**t["tcbLevels"][0], "tcb": {**t["tcbLevels"][0]["tcb"], "pcesvn": 99}}])), TcbStatusRejected),
-    ("mockc", "TDX module MRSIGNER", _with_tcb(lambda t: t["tdxModuleIdentities"][0].update(mrsigner="11" * 48)), TdxModuleMismatch),
+    (
+        "mockc",
+        "no TCB level matches",
+        _with_tcb(
+            lambda t: t.update(
+                tcbLevels=[{**t["tcbLevels"][0], "tcb": {**t["tcbLevels"][0]["tcb"], "pcesvn": 99}}]
+            )
+        ),
+        TcbStatusRejected,
+    ),
+    (
+        "mockc",
+        "TDX module MRSIGNER",
+        _with_tcb(lambda t: t["tdxModuleIdentities"][0].update(mrsigner="11" * 48)),
+        TdxModuleMismatch,
+    ),
     ("mockc", "QE MRSIGNER", _with_qe(lambda q: q.update(mrsigner="22" * 32)), QeIdentityMismatch),
     ("mockc", "QE ISVPRODID", _with_qe(lambda q: q.update(isvprodid=1)), QeIdentityMismatch),
-    ("mockc", "platform OutOfDate not accepted", _with_tcb(lambda t: t["tcbLevels"][0].update(tcbStatus="OutOfDate")), TcbStatusRejected),
+    (
+        "mockc",
+        "platform OutOfDate not accepted",
+        _with_tcb(lambda t: t["tcbLevels"][0].update(tcbStatus="OutOfDate")),
+        TcbStatusRejected,
+    ),
     ("mockc", "QE OutOfDate converges", _requote(qe_svn=1), TcbStatusRejected),
-    ("mock", "collateral required", lambda c, m, t: replace(c, require_collateral=True), MissingCollateral),
+    (
+        "mock",
+        "collateral required",
+        lambda c, m, t: replace(c, require_collateral=True),
+        MissingCollateral,
+    ),
     # report data and policy
-    ("mock", "report data mismatch", lambda c, m, t: replace(c, report_data=bytes(64)), ReportDataMismatch),
-    ("real", "report data mismatch", lambda c, m, t: replace(c, report_data=bytes(64)), ReportDataMismatch),
+    (
+        "mock",
+        "report data mismatch",
+        lambda c, m, t: replace(c, report_data=bytes(64)),
+        ReportDataMismatch,
+    ),
+    (
+        "real",
+        "report data mismatch",
+        lambda c, m, t: replace(c, report_data=bytes(64)),
+        ReportDataMismatch,
+    ),
     ("mock", "debug TD", _requote(td_attributes=b"\x01" + bytes(7)), DebugForbidden),
 ]
 
@@ -344,11 +498,13 @@ def _base(kind: str, vectors: Path, mock: MockIntel) -> Ctx:
         return Ctx(raw, production(), _ref_for(raw), parse_quote(raw).body.report_data, NOW)
     if kind == "uptodate":
         raw = _raw(vectors, "uptodate-v4")
-        col = load_collateral_json(vectors / "tdx" / "uptodate-v4.collateral.json")
-        return Ctx(raw, production(), _ref_for(raw), None, UPTODATE_NOW, col, True)
+        real = load_collateral_json(vectors / "tdx" / "uptodate-v4.collateral.json")
+        return Ctx(raw, production(), _ref_for(raw), None, UPTODATE_NOW, real, True)
     raw = mock.make_quote(mr_td=MR_TD, report_data=REPORT_DATA, td_attributes=SEPT_VE)
     col = mock.make_collateral(NOW) if kind == "mockc" else None
-    return Ctx(raw, mock.trust_anchors(), TdxReference(mr_td=MR_TD), REPORT_DATA, NOW, col, kind == "mockc")
+    return Ctx(
+        raw, mock.trust_anchors(), TdxReference(mr_td=MR_TD), REPORT_DATA, NOW, col, kind == "mockc"
+    )
 
 
 def _run(c: Ctx) -> TdxVerified:
@@ -367,7 +523,9 @@ def test_matrix_baselines_are_valid(kind: str, vectors: Path, mock: MockIntel) -
     assert _run(_base(kind, vectors, mock))
 
 
-@pytest.mark.parametrize(("kind", "name", "mutate", "error"), CASES, ids=[f"{k}:{n}" for k, n, _, _ in CASES])
+@pytest.mark.parametrize(
+    ("kind", "name", "mutate", "error"), CASES, ids=[f"{k}:{n}" for k, n, _, _ in CASES]
+)
 def test_negative_matrix(
     kind: str,
     name: str,

@@ -1,0 +1,796 @@
+"""End-to-end issuance benchmark (``./hack/bench issuance``).
+
+Starts a coordinator process (software TEE, file store in a temporary directory), sets a
+manifest over the attested user API, then for each issuer pool size and each concurrency drives
+full join flows (Challenge + evidence + NewMeshCert over gRPC/TLS) from separate load processes
+(tests/bench/loadgen.py) and reports throughput, flow latency and the coordinator's CPU per
+issued certificate, read from /proc/<pid>/stat around a fixed measurement window. In the same
+run it measures the primitive baseline in process (tests/bench/harness.py) so that
+``efficiency = baseline CPU / server CPU per certificate`` compares like with like.
+
+Everything is bounded in time (``--timeout``) and every process this harness starts is stopped
+at the end, also on errors and signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attestation.verify import Verifier
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.client import AttestedChannel, CoordinatorPolicy
+from coordinator.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
+from coordinator.tlsid import SERVER_NAME
+from tests.bench import loadgen
+from tests.bench.harness import (
+    BenchDeployment,
+    PreparedRequest,
+    RequestFactory,
+    build_state,
+    compare_cpu,
+    create_deployment,
+    percentile,
+    primitive_baseline_one,
+    proc_cpu_seconds,
+    proc_status_kb,
+    system_cpu_seconds,
+)
+
+E2E_EFFICIENCY_TARGET = 0.6
+POOL_RATIO_TARGET = 1.6
+ISSUER_EFFICIENCY_TARGET = 0.85
+
+
+class BenchError(Exception):
+    """The benchmark could not run (server did not start, a load process failed, ...)."""
+
+
+class Deadline(BaseException):
+    """The overall --timeout elapsed."""
+
+
+# --- process bookkeeping -------------------------------------------------------------------
+
+
+class Children:
+    """Every process this harness started, stopped on exit whatever happens."""
+
+    def __init__(self) -> None:
+        self.servers: list[subprocess.Popen[bytes]] = []
+        self.loaders: list[Any] = []
+
+    def stop_server(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of its group, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc in self.servers:
+            self.servers.remove(proc)
+
+    def stop_loaders(self, grace: float = 5.0) -> None:
+        deadline = time.monotonic() + grace
+        for p in self.loaders:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.loaders:
+            if p.is_alive():
+                p.terminate()
+        for p in self.loaders:
+            p.join(2)
+            if p.is_alive():
+                p.kill()
+                p.join(2)
+        self.loaders.clear()
+
+    def stop_all(self) -> None:
+        self.stop_loaders(grace=1.0)
+        for proc in list(self.servers):
+            self.stop_server(proc, grace=5.0)
+
+
+# --- the coordinator process ------------------------------------------------------------------
+
+
+def serve_child(argv: Sequence[str]) -> None:
+    """Hidden entry point: run one coordinator with the software TEE (see start_server)."""
+    from coordinator.server import ServerConfig, serve
+
+    ap = argparse.ArgumentParser(prog="bench_main _serve")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--mock-dir", required=True)
+    ap.add_argument("--policy-file", required=True)
+    ap.add_argument("--workers", type=int, required=True)
+    a = ap.parse_args(argv)
+    config = ServerConfig(
+        store=a.store,
+        tee=f"mock:{a.mock_dir}",
+        mock_policy=Path(a.policy_file),
+        mock_tee_type="snp",
+        trust_anchors=f"mock:{a.mock_dir}",
+        user_addr="127.0.0.1:0",
+        mesh_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        deployment="bench",
+        issuer_workers=a.workers,
+    )
+    asyncio.run(serve(config))
+
+
+def start_server(
+    children: Children, dep: BenchDeployment, workdir: Path, workers: int
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    store = workdir / f"store-{workers}w-{time.monotonic_ns()}"
+    store.mkdir()
+    policy_file = workdir / "coordinator-policy"
+    policy_file.write_bytes(dep.coordinator_policy)
+    log = (workdir / f"server-{workers}w.log").open("ab")
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.bench.bench_main",
+        "_serve",
+        "--store",
+        f"file:{store}",
+        "--mock-dir",
+        str(dep.mock_dir),
+        "--policy-file",
+        str(policy_file),
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, cwd=_repo_root()
+    )
+    children.servers.append(proc)
+    log.close()
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60.0)
+    line = proc.stdout.readline() if ready else b""
+    if not line:
+        children.stop_server(proc)
+        tail = (workdir / f"server-{workers}w.log").read_text(errors="replace")[-2000:]
+        raise BenchError(f"coordinator did not report its addresses; log tail:\n{tail}")
+    info: dict[str, Any] = json.loads(line)
+    return proc, info
+
+
+def fetch_server_certificate(address: str, timeout: float = 10.0) -> bytes:
+    """The DER certificate the coordinator presents (trusted only after attestation)."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as sock,
+        ctx.wrap_socket(sock, server_hostname=SERVER_NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise BenchError("coordinator presented no certificate")
+    return der
+
+
+def coordinator_policy(dep: BenchDeployment) -> CoordinatorPolicy:
+    return CoordinatorPolicy(dep.anchors(), dep.reference_values(), dep.coordinator_policy_hash)
+
+
+async def set_manifest(dep: BenchDeployment, user_addr: str) -> bytes:
+    cert = fetch_server_certificate(user_addr)
+    chan = await AttestedChannel.connect(
+        user_addr, coordinator_policy(dep), pinned_certificate=cert
+    )
+    try:
+        resp = await chan.user.SetManifest(
+            pb.SetManifestRequest(manifest=dep.manifest, policies=dep.policies), timeout=30
+        )
+    finally:
+        await chan.close()
+    return bytes(resp.transition_hash)
+
+
+# --- one measured load point ------------------------------------------------------------------
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_load(
+    children: Children,
+    dep: BenchDeployment,
+    server: subprocess.Popen[bytes],
+    mesh_addr: str,
+    *,
+    concurrency: int,
+    clients: int,
+    warmup: float,
+    duration: float | None,
+    until_certs: int | None = None,
+    rss_every: float = 1.0,
+    collect_latencies: bool = True,
+    time_limit: float = 600.0,
+) -> dict[str, Any]:
+    """Run ``concurrency`` flow loops over ``clients`` processes; measure a window.
+
+    With ``duration`` the window is [warm-up end, + duration]; with ``until_certs`` it runs
+    from the warm-up end until that many certificates were issued (RSS mode, sampled).
+    """
+    ctx = mp.get_context("spawn")
+    nproc = max(1, min(clients, concurrency))
+    counts = ctx.Array("q", nproc, lock=False)
+    go, stop = ctx.Event(), ctx.Event()
+    queue = ctx.Queue()
+    cert = fetch_server_certificate(mesh_addr)
+    for i, tasks in enumerate(_split(concurrency, nproc)):
+        cfg = loadgen.LoadConfig(
+            index=i,
+            tasks=tasks,
+            mesh_addr=mesh_addr,
+            server_cert_der=cert,
+            mock_dir=str(dep.mock_dir),
+            reference_json=dep.reference_json,
+            coordinator_policy_hash=dep.coordinator_policy_hash,
+            workload_policy=dep.workload_policy,
+            collect_latencies=collect_latencies,
+        )
+        p = ctx.Process(target=loadgen.run, args=(cfg, counts, go, stop, queue), daemon=True)
+        p.start()
+        children.loaders.append(p)
+    try:
+        ready = 0
+        while ready < nproc:
+            msg = queue.get(timeout=90)
+            if msg[0] == "failed":
+                raise BenchError(f"load process {msg[1]} failed: {msg[2]}")
+            ready += msg[0] == "ready"
+        go.set()
+        time.sleep(warmup)
+        pid = server.pid
+        t0, cpu0, n0 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
+        sys0 = system_cpu_seconds()
+        samples: list[dict[str, Any]] = []
+        if until_certs is not None:
+            next_sample = t0
+            while sum(counts) - n0 < until_certs:
+                if server.poll() is not None:
+                    raise BenchError("coordinator exited during the run")
+                if time.monotonic() - t0 > time_limit:
+                    break
+                if time.monotonic() >= next_sample:
+                    samples.append(
+                        {
+                            "t_s": round(time.monotonic() - t0, 3),
+                            "certs": sum(counts) - n0,
+                            "rss_kb": proc_status_kb(pid, "VmRSS"),
+                            "hwm_kb": proc_status_kb(pid, "VmHWM"),
+                        }
+                    )
+                    next_sample += rss_every
+                time.sleep(0.05)
+        else:
+            assert duration is not None
+            time.sleep(duration)
+        t1, cpu1, n1 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
+        sys1 = system_cpu_seconds()
+        rss_kb, hwm_kb = proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")
+        if samples:
+            samples.append(
+                {"t_s": round(t1 - t0, 3), "certs": n1 - n0, "rss_kb": rss_kb, "hwm_kb": hwm_kb}
+            )
+        stop.set()
+        results: list[loadgen.LoadResult] = []
+        while len(results) < nproc:
+            msg = queue.get(timeout=60)
+            if msg[0] == "failed":
+                raise BenchError(f"load process {msg[1]} failed: {msg[2]}")
+            if msg[0] == "done":
+                results.append(msg[1])
+    finally:
+        stop.set()
+        children.stop_loaders()
+    for r in results:
+        if r.failure:
+            raise BenchError(f"load process {r.index}: {r.failure}")
+        if r.flows and not r.checked:
+            raise BenchError(f"load process {r.index}: no issued certificate was checked")
+    certs = n1 - n0
+    window = t1 - t0
+    flows = [rec for r in results for rec in r.records if t0 <= rec[0] <= t1]
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r.errors.items():
+            errors[code] = errors.get(code, 0) + n
+    server_cpu = cpu1 - cpu0
+    client_cpu = sum(r.cpu_s for r in results)
+    client_flows = sum(r.flows for r in results)
+    busy = sys1[0] - sys0[0]
+    out: dict[str, Any] = {
+        "concurrency": concurrency,
+        "load_processes": nproc,
+        "window_s": window,
+        "certs": certs,
+        "errors": errors,
+        "throughput_certs_per_s": certs / window if window > 0 else 0.0,
+        "latency_p50_ms": percentile([f[1] for f in flows], 50) * 1e3,
+        "latency_p99_ms": percentile([f[1] for f in flows], 99) * 1e3,
+        "newmeshcert_p50_ms": percentile([f[2] for f in flows], 50) * 1e3,
+        "newmeshcert_p99_ms": percentile([f[2] for f in flows], 99) * 1e3,
+        "server_cpu_s": server_cpu,
+        "server_cpu_per_cert_s": server_cpu / certs if certs else float("nan"),
+        "server_cores_used": server_cpu / window if window > 0 else 0.0,
+        "client_cpu_per_flow_s": client_cpu / client_flows if client_flows else float("nan"),
+        "machine_busy_cores": busy / window if window > 0 else 0.0,
+        "server_rss_kb": rss_kb,
+        "server_hwm_kb": hwm_kb,
+    }
+    if samples:
+        out["rss_samples"] = samples
+    return out
+
+
+# --- in-process parts -------------------------------------------------------------------------
+
+
+def inprocess_figures(dep: BenchDeployment, rounds: int, per_round: int) -> dict[str, Any]:
+    """Primitive baseline and Issuer efficiency (interleaved), raw crypto, BatchRunner 1 vs 2."""
+    state = asyncio.run(build_state(dep))
+    verifier = Verifier(dep.anchors())
+    issuer = Issuer(state, verifier)
+    factory = RequestFactory(dep, state)
+    for p in factory.batch(5):
+        primitive_baseline_one(state, verifier, p)
+        issuer.issue(p.request)
+    eff = compare_cpu(
+        lambda p: primitive_baseline_one(state, verifier, p),
+        lambda p: issuer.issue(p.request),
+        factory,
+        rounds=rounds,
+        per_round=per_round,
+    )
+    return {
+        "primitive_baseline_cpu_s": eff.baseline_s,
+        "issuer_cpu_s": eff.path_s,
+        "issuer_efficiency": eff.efficiency,
+        "issuer_efficiency_target": ISSUER_EFFICIENCY_TARGET,
+        "measurement": eff.as_dict(),
+        "raw_crypto": raw_crypto_figures(),
+        "batch_runner": batch_runner_figures(issuer, factory, 400),
+    }
+
+
+def raw_crypto_figures(n: int = 400) -> dict[str, float]:
+    """Bare OpenSSL cost of the two signatures involved (P-384 verify + P-384 sign)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    data = os.urandom(672)
+    alg = ec.ECDSA(hashes.SHA384())
+    sig = key.sign(data, alg)
+    pub = key.public_key()
+    t = time.process_time()
+    for _ in range(n):
+        pub.verify(sig, data, alg)
+    verify = (time.process_time() - t) / n
+    t = time.process_time()
+    for _ in range(n):
+        key.sign(data, alg)
+    sign = (time.process_time() - t) / n
+    return {
+        "ecdsa_p384_verify_cpu_s": verify,
+        "ecdsa_p384_sign_cpu_s": sign,
+        "sum_cpu_s": verify + sign,
+    }
+
+
+def batch_runner_figures(issuer: Issuer, factory: RequestFactory, n: int) -> dict[str, Any]:
+    """Wall throughput of BatchRunner(Issuer.issue) with 1 and 2 workers, requests made ahead
+    (in process, no gRPC): how the issuing core itself scales with threads."""
+    out: dict[str, Any] = {"requests": n}
+    for workers in (1, 2, 1, 2):
+        prepared: list[PreparedRequest] = factory.batch(n)
+        runner: BatchRunner[IssueRequest, IssuedCertificate] = BatchRunner(
+            issuer.issue, workers=workers
+        )
+
+        async def drive(
+            runner: BatchRunner[IssueRequest, IssuedCertificate] = runner,
+            prepared: list[PreparedRequest] = prepared,
+        ) -> list[IssuedCertificate]:
+            return await asyncio.gather(*(runner.submit(p.request) for p in prepared))
+
+        try:
+            started, cpu0 = time.perf_counter(), time.process_time()
+            issued = asyncio.run(drive())
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        finally:
+            runner.close()
+        if len(issued) != n:
+            raise BenchError("BatchRunner lost requests")
+        key = f"workers_{workers}"
+        best = out.get(key, {}).get("throughput_per_s", 0.0)
+        if n / wall > best:
+            out[key] = {"throughput_per_s": n / wall, "cores_used": cpu / wall}
+    out["ratio_2_to_1"] = (
+        out["workers_2"]["throughput_per_s"] / out["workers_1"]["throughput_per_s"]
+    )
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    baseline = report["inprocess"]["primitive_baseline_cpu_s"]
+    for run in report["runs"]:
+        run["efficiency"] = baseline / run["server_cpu_per_cert_s"] if run["certs"] else 0.0
+    summary: dict[str, Any] = {"baseline_cpu_s": baseline}
+    runs = report["runs"]
+    if runs:
+        best = max(runs, key=lambda r: r["throughput_certs_per_s"])
+        best_eff = max(runs, key=lambda r: r["efficiency"])
+        summary["best_throughput"] = {
+            k: best[k]
+            for k in (
+                "workers",
+                "concurrency",
+                "throughput_certs_per_s",
+                "efficiency",
+                "latency_p50_ms",
+                "latency_p99_ms",
+            )
+        }
+        summary["best_efficiency"] = {
+            k: best_eff[k]
+            for k in ("workers", "concurrency", "efficiency", "throughput_certs_per_s")
+        }
+        summary["e2e_efficiency_target"] = E2E_EFFICIENCY_TARGET
+        by = {(r["workers"], r["concurrency"]): r for r in runs}
+        ratios = {
+            str(c): by[(2, c)]["throughput_certs_per_s"] / by[(1, c)]["throughput_certs_per_s"]
+            for (w, c) in by
+            if w == 1 and (2, c) in by and by[(1, c)]["throughput_certs_per_s"] > 0
+        }
+        if ratios:
+            best1 = max(r["throughput_certs_per_s"] for r in runs if r["workers"] == 1)
+            best2 = max(r["throughput_certs_per_s"] for r in runs if r["workers"] == 2)
+            summary["pool_ratio_2_to_1"] = {
+                "per_concurrency": ratios,
+                "best_vs_best": best2 / best1 if best1 else float("nan"),
+                "target": POOL_RATIO_TARGET,
+            }
+    summary["inprocess_issuer_efficiency"] = report["inprocess"]["issuer_efficiency"]
+    summary["inprocess_batch_runner_ratio_2_to_1"] = report["inprocess"]["batch_runner"][
+        "ratio_2_to_1"
+    ]
+    if "rss" in report:
+        summary["rss"] = {k: v for k, v in report["rss"].items() if k != "rss_samples"}
+    return summary
+
+
+def rss_summary(run: dict[str, Any], wanted: int) -> dict[str, Any]:
+    samples = run.get("rss_samples", [])
+    out = dict(run)
+    out["certs_wanted"] = wanted
+    if samples:
+        # After warm-up: the first sample with at least 10 % of the certificates.
+        ref = next((s for s in samples if s["certs"] >= run["certs"] * 0.1), samples[0])
+        last = samples[-1]
+        out["rss_at_10pct_kb"] = ref["rss_kb"]
+        out["rss_end_kb"] = last["rss_kb"]
+        out["rss_growth_after_10pct_kb"] = last["rss_kb"] - ref["rss_kb"]
+        out["peak_rss_kb"] = max(s["hwm_kb"] for s in samples)
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for workers in sorted({r["workers"] for r in runs}):
+        rows = sorted((r for r in runs if r["workers"] == workers), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        label = f"{workers} issuer worker{'s' if workers > 1 else ''}"
+        ax1.plot(xs, [r["throughput_certs_per_s"] for r in rows], marker="o", label=label)
+        ax2.plot(xs, [r["efficiency"] for r in rows], marker="o", label=label)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent join flows")
+        ax.grid(True, alpha=0.3)
+    ax1.set_ylabel("certificates / s")
+    ax1.set_title("NewMeshCert throughput (full join flows)")
+    ax2.axhline(E2E_EFFICIENCY_TARGET, color="grey", linestyle="--", label="target 0.6")
+    ax2.set_ylabel("baseline CPU / server CPU per cert")
+    ax2.set_title("Server efficiency")
+    ax2.set_ylim(bottom=0)
+    ax1.legend()
+    ax2.legend()
+    fig.suptitle(
+        f"concord issuance, {os.cpu_count()} cores shared by server and load "
+        f"(baseline {report['inprocess']['primitive_baseline_cpu_s'] * 1e3:.3f} ms CPU)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    ip = report["inprocess"]
+    print(
+        f"primitive baseline {ip['primitive_baseline_cpu_s'] * 1e3:.3f} ms CPU; in-process "
+        f"issuer {ip['issuer_cpu_s'] * 1e3:.3f} ms -> efficiency {ip['issuer_efficiency']:.3f}; "
+        f"BatchRunner 2/1 workers {ip['batch_runner']['ratio_2_to_1']:.2f}"
+    )
+    print(
+        f"{'workers':>7} {'conc':>5} {'certs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'srv ms/cert':>11} {'eff':>5} {'srv cores':>9} {'cli ms/flow':>11} {'busy':>5} err"
+    )
+    for r in report["runs"]:
+        print(
+            f"{r['workers']:>7} {r['concurrency']:>5} {r['throughput_certs_per_s']:>8.1f} "
+            f"{r['latency_p50_ms']:>7.2f} {r['latency_p99_ms']:>7.2f} "
+            f"{r['server_cpu_per_cert_s'] * 1e3:>11.3f} {r['efficiency']:>5.2f} "
+            f"{r['server_cores_used']:>9.2f} {r['client_cpu_per_flow_s'] * 1e3:>11.3f} "
+            f"{r['machine_busy_cores']:>5.2f} {sum(r['errors'].values())}"
+        )
+    s = report["summary"]
+    if "pool_ratio_2_to_1" in s:
+        pr = s["pool_ratio_2_to_1"]
+        print(
+            f"pool 2/1 workers throughput: best-vs-best {pr['best_vs_best']:.2f}, per "
+            f"concurrency {json.dumps({k: round(v, 2) for k, v in pr['per_concurrency'].items()})}"
+        )
+    if "rss" in s:
+        r = s["rss"]
+        print(
+            f"RSS: {r['certs']} certs in {r['window_s']:.0f} s; RSS at 10% {r.get('rss_at_10pct_kb')}"
+            f" kB, at end {r.get('rss_end_kb')} kB, peak {r.get('peak_rss_kb')} kB"
+        )
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("values must be positive")
+    return values
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="hack/bench", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("issuance", help="end-to-end NewMeshCert benchmark")
+    p.add_argument("--json", type=Path, required=True, help="write every figure here")
+    p.add_argument("--png", type=Path, help="plot throughput and efficiency vs concurrency")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
+    p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64])
+    p.add_argument("--workers", type=_int_list, default=[1, 2], help="issuer pool sizes")
+    p.add_argument("--clients", type=int, default=2, help="load processes (at most)")
+    p.add_argument(
+        "--rss-certs",
+        type=int,
+        default=0,
+        help="after the sweep, issue this many certificates and sample server RSS",
+    )
+    p.add_argument(
+        "--rss-concurrency",
+        type=int,
+        default=0,
+        help="concurrency of the RSS run (default: best of the sweep)",
+    )
+    p.add_argument(
+        "--rss-time-limit",
+        type=float,
+        default=900.0,
+        help="stop the RSS run after this many seconds even if short of --rss-certs",
+    )
+    p.add_argument("--baseline-rounds", type=int, default=15)
+    p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    a = ap.parse_args(argv)
+    if a.duration <= 0 or a.warmup < 0 or a.clients < 1:
+        ap.error("--duration must be > 0, --warmup >= 0, --clients >= 1")
+    return a
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    def fire(signum: int, frame: Any) -> None:
+        raise Deadline(f"benchmark exceeded --timeout {seconds:.0f} s")
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_alarm = signal.signal(signal.SIGALRM, fire)
+    old_term = signal.signal(signal.SIGTERM, interrupted)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def issuance(a: argparse.Namespace) -> int:
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix="concord-bench-"))
+    report: dict[str, Any] = {
+        "meta": {
+            "started": datetime.now(UTC).isoformat(),
+            "argv": sys.argv,
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "cryptography": _version("cryptography"),
+            "grpcio": _version("grpcio"),
+            "loadavg_start": _loadavg(),
+            "duration_s": a.duration,
+            "warmup_s": a.warmup,
+            "clients": a.clients,
+            "notes": [
+                "Load processes run on the same cores as the coordinator; each flow makes a fresh "
+                "leaf key, HPKE key and mock evidence for a fresh token (client CPU, reported as "
+                "client_cpu_per_flow_s).",
+                "Each load process attests the coordinator once and reuses that channel.",
+                "machine_busy_cores counts every process on the machine, including unrelated "
+                "load from other users.",
+            ],
+        },
+        "runs": [],
+    }
+    try:
+        with deadline(a.timeout):
+            dep = create_deployment(workdir / "mock-tee")
+            print("measuring the primitive baseline in process ...", flush=True)
+            report["inprocess"] = inprocess_figures(dep, a.baseline_rounds, 50)
+            for workers in a.workers:
+                proc, info = start_server(children, dep, workdir, workers)
+                try:
+                    asyncio.run(set_manifest(dep, info["user"]))
+                    for c in a.concurrency:
+                        print(f"workers={workers} concurrency={c} ...", flush=True)
+                        run = run_load(
+                            children,
+                            dep,
+                            proc,
+                            info["mesh"],
+                            concurrency=c,
+                            clients=a.clients,
+                            warmup=a.warmup,
+                            duration=a.duration,
+                        )
+                        run["workers"] = workers
+                        report["runs"].append(run)
+                finally:
+                    children.stop_server(proc)
+            report["summary"] = summarise(report)
+            if a.rss_certs > 0:
+                workers = max(a.workers)
+                conc = a.rss_concurrency or report["summary"].get("best_throughput", {}).get(
+                    "concurrency", 16
+                )
+                print(
+                    f"RSS run: {a.rss_certs} certificates, workers={workers} "
+                    f"concurrency={conc} ...",
+                    flush=True,
+                )
+                proc, info = start_server(children, dep, workdir, workers)
+                try:
+                    asyncio.run(set_manifest(dep, info["user"]))
+                    run = run_load(
+                        children,
+                        dep,
+                        proc,
+                        info["mesh"],
+                        concurrency=conc,
+                        clients=a.clients,
+                        warmup=a.warmup,
+                        duration=None,
+                        until_certs=a.rss_certs,
+                        collect_latencies=False,
+                        time_limit=a.rss_time_limit,
+                    )
+                    run["workers"] = workers
+                    report["rss"] = rss_summary(run, a.rss_certs)
+                finally:
+                    children.stop_server(proc)
+                report["summary"] = summarise(report)
+    except (BenchError, Deadline, KeyboardInterrupt) as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"benchmark failed: {report['error']}", file=sys.stderr)
+    finally:
+        children.stop_all()
+        report["meta"]["loadavg_end"] = _loadavg()
+        report["meta"]["finished"] = datetime.now(UTC).isoformat()
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        if a.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if "error" in report:
+        return 1
+    if a.png is not None and report["runs"]:
+        plot(report, a.png)
+    print_table(report)
+    print(f"wrote {a.json}" + (f" and {a.png}" if a.png else ""))
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def _loadavg() -> list[float]:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_serve"]:
+        serve_child(argv[1:])
+        return 0
+    a = parse_args(argv)
+    if a.command == "issuance":
+        return issuance(a)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Faults in a multi-coordinator deployment (DESIGN §6, §8): coordinators killed with SIGKILL in
+the middle of update loops, an etcd outage, every coordinator lost at once (recovery mode until a
+seed-share owner recovers one), and the rule that a user recovery is refused while a ready peer
+exists unless forced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.history import LATEST_KEY, transition_hash
+from coordinator.recovery import Member, PeerRecovery
+from coordinator.server import CoordinatorServer, ServerConfig
+from coordinator.store.etcd import EtcdStore
+from tests.etcd_server import EtcdServer, free_port
+from tests.integration.cluster_helpers import (
+    Cluster,
+    CoordinatorProcess,
+    attested,
+    check_history,
+    http_get,
+    readyz,
+    wait_status,
+)
+from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
+    COORDINATOR_POLICY,
+    DB_POLICY,
+    WEB_ENTRY,
+    WEB_POLICY,
+    Keys,
+    MockTee,
+    expect_status,
+    join,
+    keys_fixture,
+    manifest_bytes,
+    manifest_dict,
+    mock_tee_fixture,
+    open_seed_share,
+    set_first_manifest,
+    update_request,
+    user_recover_request,
+)
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(150)]
+
+POLICIES = [COORDINATOR_POLICY, WEB_POLICY, DB_POLICY]
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+# Statuses after which an update's outcome is unknown (the coordinator died or the call was
+# cut): it may or may not be in the history. Every other refusal must have changed nothing.
+UNKNOWN_OUTCOME = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+@pytest.fixture
+def cluster(
+    etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
+) -> Iterator[Cluster]:
+    c = Cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "cluster")
+    try:
+        yield c
+    finally:
+        c.stop()
+        for node in c.nodes:  # shown by pytest only when the test failed
+            tail = "\n".join(node.log_text().splitlines()[-40:])
+            print(f"--- {node.node_id} ({node.log_path}) ---\n{tail}")
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer, deployment: str) -> AsyncIterator[EtcdStore]:
+    """The test's own view of the deployment's keys (reads only, plus a fake member)."""
+    s = await EtcdStore.connect([etcd.endpoint], deployment)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def manifest_v(tee: MockTee, keys: Keys, version: str) -> bytes:
+    entry = dict(WEB_ENTRY, SANs=[f"web-{version}", "web.default.svc"])
+    return manifest_bytes(
+        manifest_dict(
+            tee,
+            workloads={WEB_POLICY: entry, DB_POLICY: {}},
+            owners=[keys.owner],
+            seedshare=[keys.seedshare],
+        )
+    )
+
+
+async def first_manifest(
+    nodes: list[CoordinatorProcess], tee: MockTee, keys: Keys
+) -> pb.SetManifestResponse:
+    chan = await attested(nodes[0].user, tee.coordinator_policy())
+    try:
+        resp = await set_first_manifest(chan, manifest_v(tee, keys, "0"), POLICIES)
+    finally:
+        await chan.close()
+    await wait_status(nodes, ready=True, generation=1, timeout=5)
+    return resp
+
+
+async def attested_state(node: CoordinatorProcess, tee: MockTee) -> tuple[bytes, bytes, bytes]:
+    """(latest transition, root CA PEM, mesh CA PEM) as the coordinator attests them."""
+    chan = await attested(node.mesh, tee.coordinator_policy())
+    await chan.close()
+    att = chan.attestation
+    return att.latest_transition_hash, att.root_ca_pem, att.mesh_ca_pem
+
+
+async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended(
+    cluster: Cluster, mock_tee: MockTee, keys: Keys, store: EtcdStore
+) -> None:
+    nodes = cluster.start(3)
+    first = await first_manifest(nodes, mock_tee, keys)
+    policy = mock_tee.coordinator_policy()
+    acked: list[bytes] = []
+    unknown: set[bytes] = set()
+    refused: set[bytes] = set()
+    stop = asyncio.Event()
+    channels: dict[tuple[str, int], Any] = {}
+
+    async def channel(node: CoordinatorProcess) -> Any:
+        key = (node.node_id, node.starts)
+        if key not in channels:
+            channels[key] = await attested(node.user, policy, timeout=5)
+        return channels[key]
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            live = [node for node in nodes if node.addresses is not None]
+            node = random.choice(live)
+            try:
+                chan = await channel(node)
+            except Exception:  # killed or restarting: try another one
+                await asyncio.sleep(0.02)
+                continue
+            previous = (await store.get(LATEST_KEY))[:32]
+            manifest = manifest_v(mock_tee, keys, f"k{n}")
+            n += 1
+            expected = transition_hash(hashlib.sha256(manifest).digest(), previous)
+            try:
+                resp = await chan.user.SetManifest(
+                    update_request(manifest, [WEB_POLICY], previous, keys.owner), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in UNKNOWN_OUTCOME:
+                    unknown.add(expected)
+                else:
+                    assert exc.code() == PRECONDITION, exc.details()
+                    refused.add(expected)
+                await asyncio.sleep(0.01)
+                continue
+            assert resp.transition_hash == expected
+            acked.append(expected)
+            await asyncio.sleep(0.02)
+
+    writing = asyncio.create_task(writer())
+    recover_times: list[float] = []
+    try:
+        for _ in range(20):
+            await asyncio.sleep(random.uniform(0.05, 0.5))
+            victim = random.choice(nodes)
+            victim.kill()
+            await asyncio.to_thread(victim.start)
+            # No human action: the restarted coordinator recovers from its peers.
+            took = await wait_status([victim], ready=True, timeout=15)
+            recover_times.append(took[victim.node_id])
+            assert not writing.done(), writing.exception()
+    finally:
+        stop.set()
+        await writing
+        for chan in channels.values():
+            await chan.close()
+
+    latest = (await store.get(LATEST_KEY))[:32]
+    histories = []
+    for node in nodes:
+        chan = await attested(node.user, policy)
+        for _ in range(500):  # converge on the store's latest
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                resp = await chan.user.GetManifests(pb.GetManifestsRequest(), timeout=10)
+                if resp.latest_transition_hash == latest:
+                    break
+            await asyncio.sleep(0.02)
+        await chan.close()
+        assert resp.latest_transition_hash == latest, node.node_id
+        histories.append(resp)
+    chain = check_history(histories[0])
+    assert all(h == histories[0] for h in histories)
+    assert chain[0] == first.transition_hash
+    assert len(acked) >= 20, "the update loop made too little progress to mean anything"
+    assert set(acked) <= set(chain), "an acknowledged update is missing"
+    assert [t for t in chain if t in set(acked)] == acked, "acknowledged updates out of order"
+    assert set(chain[1:]) <= set(acked) | unknown, "an update nobody made is in the history"
+    assert not set(chain) & refused, "a refused update is in the history"
+    states = {await attested_state(node, mock_tee) for node in nodes}
+    assert len(states) == 1 and next(iter(states))[0] == latest
+    print(
+        f"{len(acked)} acknowledged, {len(unknown)} unknown, {len(refused)} refused updates; "
+        f"history {len(chain)}; restart-to-ready max {max(recover_times):.2f}s"
+    )
+
+
+async def test_etcd_outage_unavailable_then_watchers_resume(
+    cluster: Cluster, mock_tee: MockTee, keys: Keys, etcd: EtcdServer
+) -> None:
+    nodes = cluster.start(3)
+    first = await first_manifest(nodes, mock_tee, keys)
+    policy = mock_tee.coordinator_policy()
+    users = [await attested(n.user, policy) for n in nodes]
+    meshes = [await attested(n.mesh, policy) for n in nodes]
+    provider = mock_tee.provider(WEB_POLICY)
+    mesh_ca = x509.load_pem_x509_certificate(first.mesh_ca_pem)
+
+    await asyncio.to_thread(etcd.stop)
+    stopped = time.monotonic()
+    probes = 0
+    try:
+        while time.monotonic() - stopped < 10:
+            i = probes % 3
+            # The user API cannot reach the store: UNAVAILABLE, never INTERNAL.
+            request = update_request(
+                manifest_v(mock_tee, keys, f"outage-{probes}"),
+                [WEB_POLICY],
+                first.transition_hash,
+                keys.owner,
+            )
+            await expect_status(
+                users[i].user.SetManifest(request, timeout=20), grpc.StatusCode.UNAVAILABLE
+            )
+            try:
+                got = await users[i].user.GetManifests(pb.GetManifestsRequest(), timeout=20)
+                assert got.latest_transition_hash == first.transition_hash
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+            # The mesh API keeps issuing on the fresh state.
+            joined = await join(meshes[i], provider)
+            joined.chain[0].verify_directly_issued_by(mesh_ca)
+            status, _ = await http_get(nodes[i].http, "/healthz")
+            assert status == 503
+            probes += 1
+            await asyncio.sleep(0.5)
+    finally:
+        await asyncio.to_thread(etcd.start)
+    assert probes >= 3
+
+    # After the outage: an update through one coordinator reaches the others.
+    manifest = manifest_v(mock_tee, keys, "after")
+    request = update_request(manifest, [WEB_POLICY], first.transition_hash, keys.owner)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            resp = await users[2].user.SetManifest(request, timeout=10)
+            break
+        except grpc.aio.AioRpcError as exc:  # the store client reconnects with a back-off
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+            assert time.monotonic() < deadline, "etcd back, but updates still unavailable"
+            await asyncio.sleep(0.1)
+    acked = time.monotonic()
+    took = await wait_status(nodes, ready=True, generation=2, timeout=15)
+    print(f"after the outage: update {acked - stopped:.1f}s after the stop, peers fresh in {took}")
+    for node in nodes:
+        latest, root, mesh = await attested_state(node, mock_tee)
+        assert (latest, root, mesh) == (resp.transition_hash, first.root_ca_pem, resp.mesh_ca_pem)
+        status, _ = await http_get(node.http, "/healthz")
+        assert status == 200
+    for chan in users + meshes:
+        await chan.close()
+
+
+async def test_all_coordinators_lost_recovery_mode_until_a_seed_share_owner_recovers_one(
+    cluster: Cluster, mock_tee: MockTee, keys: Keys
+) -> None:
+    nodes = cluster.start(3)
+    first = await first_manifest(nodes, mock_tee, keys)
+    seed, salt = open_seed_share(first.seed_share_document, keys.seedshare)
+    for node in nodes:
+        node.kill()
+    for node in nodes:
+        node.spawn()
+    for node in nodes:
+        await asyncio.to_thread(node.wait_serving)
+
+    # Recovery mode everywhere, and it stays that way: no peer can help.
+    policy = mock_tee.coordinator_policy()
+    chans = [await attested(n.user, policy) for n in nodes]
+    for _ in range(10):
+        assert [await readyz(n) for n in nodes] == [503, 503, 503]
+        await asyncio.sleep(0.1)
+    for chan in chans:
+        await expect_status(
+            chan.user.GetManifests(pb.GetManifestsRequest(), timeout=10),
+            PRECONDITION,
+            "recovery mode",
+        )
+    # A wrong seed is refused and changes nothing.
+    await expect_status(
+        chans[0].user.Recover(user_recover_request(chans[0], bytes(64), salt, keys.seedshare)),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert await readyz(nodes[0]) == 503
+
+    # The seed-share owner recovers one coordinator; the others recover from it.
+    await chans[1].user.Recover(user_recover_request(chans[1], seed, salt, keys.seedshare))
+    recovered = time.monotonic()
+    assert await readyz(nodes[1]) == 200
+    took = await wait_status(nodes, ready=True, generation=1, timeout=10)
+    print(f"peers recovered {time.monotonic() - recovered:.2f}s after the user recovery: {took}")
+    states = {await attested_state(node, mock_tee) for node in nodes}
+    assert len(states) == 1
+    latest, root, mesh = next(iter(states))
+    assert (latest, root) == (first.transition_hash, first.root_ca_pem)
+    assert mesh != first.mesh_ca_pem  # a user recovery mints a new mesh key
+
+    # The recovered deployment takes updates again, and everyone follows.
+    resp = await chans[2].user.SetManifest(
+        update_request(manifest_v(mock_tee, keys, "1"), [WEB_POLICY], latest, keys.owner),
+        timeout=10,
+    )
+    await wait_status(nodes, ready=True, generation=2, timeout=5)
+    for node in nodes:
+        assert await attested_state(node, mock_tee) == (resp.transition_hash, root, resp.mesh_ca_pem)
+    for chan in chans:
+        await chan.close()
+
+
+async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
+    cluster: Cluster,
+    mock_tee: MockTee,
+    keys: Keys,
+    store: EtcdStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    nodes = cluster.start(1)
+    first = await first_manifest(nodes, mock_tee, keys)
+    seed, salt = open_seed_share(first.seed_share_document, keys.seedshare)
+
+    # In-process coordinators whose peer recovery never succeeds: they stay in recovery mode
+    # until a user recovers them (the subprocess coordinator is unaffected by the patch).
+    async def no_peer_recovery(self: PeerRecovery) -> bool:
+        return False
+
+    monkeypatch.setattr(PeerRecovery, "recover_once", no_peer_recovery)
+    servers: list[CoordinatorServer] = []
+
+    async def start_inprocess(node_id: str) -> CoordinatorServer:
+        server = CoordinatorServer(
+            ServerConfig(
+                store=f"etcd://{cluster.etcd_endpoint}",
+                deployment=cluster.deployment,
+                tee=f"mock:{mock_tee.directory}",
+                mock_policy=cluster.policy_path,
+                trust_anchors=f"mock:{mock_tee.directory}",
+                user_addr="127.0.0.1:0",
+                mesh_addr="127.0.0.1:0",
+                http_addr="127.0.0.1:0",
+                node_id=node_id,
+                issuer_workers=1,
+            )
+        )
+        await server.start()
+        servers.append(server)
+        return server
+
+    policy = mock_tee.coordinator_policy()
+    try:
+        x = await start_inprocess("x")
+        assert not x.is_ready()
+        chan = await attested(x.addresses["user"], policy)
+        # A crashed coordinator's membership key (ready, at latest, nobody listening).
+        ghost = Member("ghost", f"127.0.0.1:{free_port()}", True, first.transition_hash)
+        await store.put_member("ghost", ghost.encode(), 5)
+
+        # nodes[0] is ready and attests at the store's latest: refused without force.
+        await expect_status(
+            chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare)),
+            PRECONDITION,
+            "ready peer",
+        )
+        assert not x.is_ready()
+
+        # Forced: recovered, but with a mesh key of its own (the split force warns about).
+        y = await start_inprocess("y")
+        ychan = await attested(y.addresses["user"], policy)
+        await ychan.user.Recover(user_recover_request(ychan, seed, salt, keys.seedshare, force=True))
+        assert y.is_ready()
+        assert ychan.attestation.latest_transition_hash == b""  # attested before recovery
+        _, root, mesh = await attested_state(nodes[0], mock_tee)
+        assert y.coord is not None and y.guard is not None
+        y_state = y.guard.current()
+        assert y_state is not None
+        assert y_state.ca.root_pem == root and y_state.ca.mesh_ca_pem != mesh
+        await ychan.close()
+        await y.stop(grace=0)
+        servers.remove(y)
+
+        # Once the ready peer is gone, its lingering membership key (like the ghost's) does
+        # not count: every candidate is attested before it blocks a user recovery.
+        nodes[0].kill()
+        members = await store.list_members()
+        assert Member.decode("c0", members["c0"]) is not None
+        assert Member.decode("c0", members["c0"]).ready  # type: ignore[union-attr]
+        await chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare))
+        assert x.is_ready()
+        await chan.close()
+    finally:
+        for server in servers:
+            await server.stop(grace=0)
