@@ -11,9 +11,12 @@ here touches the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import queue
+import threading
+import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -62,7 +65,13 @@ class IssuedCertificate:
 
 
 class BatchRunner(Generic[T, R]):
-    """Run ``fn`` over concurrent submissions in a thread pool, a batch per worker hop."""
+    """Run ``fn`` over concurrent submissions in worker threads, a batch per worker hop.
+
+    Submissions made in the same event-loop turn are split into at most ``workers`` chunks;
+    each chunk goes to a worker thread through one queue put, and comes back through one
+    ``call_soon_threadsafe`` that settles every future of the chunk. That is all the event
+    loop pays per batch (no concurrent.futures.Future chained to an asyncio one per hop).
+    """
 
     def __init__(
         self, fn: Callable[[T], R], workers: int | None = None, max_batch: int = 32
@@ -70,11 +79,17 @@ class BatchRunner(Generic[T, R]):
         self._fn = fn
         self.workers = workers or os.cpu_count() or 1
         self._max_batch = max_batch
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="issuer")
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
+        self._closed = False
+        # Stop the workers if the runner is dropped without close().
+        self._finalizer = weakref.finalize(self, _stop_workers, self._jobs, self._threads)
 
     async def submit(self, item: T) -> R:
+        if self._closed:
+            raise RuntimeError("BatchRunner is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, fut))
@@ -89,46 +104,78 @@ class BatchRunner(Generic[T, R]):
         pending, self._pending = self._pending, []
         if not pending:
             return
+        if self._closed:
+            _cancel_chunk(pending)
+            return
+        if not self._threads:
+            for i in range(self.workers):
+                thread = threading.Thread(
+                    target=_work, args=(self._jobs, self._fn), name=f"issuer-{i}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
         size = max(1, min(self._max_batch, -(-len(pending) // self.workers)))
         for start in range(0, len(pending), size):
-            chunk = pending[start : start + size]
-            job = loop.run_in_executor(self._pool, self._run_chunk, [item for item, _ in chunk])
-            job.add_done_callback(lambda done, chunk=chunk: _settle(done, chunk))  # type: ignore[misc]
-
-    def _run_chunk(self, items: list[T]) -> list[tuple[bool, Any]]:
-        out: list[tuple[bool, Any]] = []
-        for item in items:
-            try:
-                out.append((True, self._fn(item)))
-            except BaseException as exc:  # delivered to the awaiting request
-                out.append((False, exc))
-        return out
+            self._jobs.put((loop, pending[start : start + size]))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers; queued (not yet started) submissions are cancelled."""
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                loop, chunk = job
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(_cancel_chunk, chunk)
+        self._finalizer()
 
 
-def _settle(
-    done: asyncio.Future[list[tuple[bool, Any]]], chunk: list[tuple[Any, asyncio.Future[Any]]]
+_STOP = object()
+
+
+def _work(jobs: queue.SimpleQueue[Any], fn: Callable[[Any], Any]) -> None:
+    """Worker thread: run chunks until told to stop; hand results back to the chunk's loop."""
+    while True:
+        job = jobs.get()
+        if job is _STOP:
+            return
+        loop, chunk = job
+        results: list[tuple[bool, Any]] = []
+        for item, _ in chunk:
+            try:
+                results.append((True, fn(item)))
+            except StopIteration as exc:  # asyncio futures refuse StopIteration
+                results.append((False, RuntimeError(f"StopIteration: {exc}")))
+            except BaseException as exc:  # delivered to the awaiting request
+                results.append((False, exc))
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_chunk, chunk, results)
+
+
+def _stop_workers(jobs: queue.SimpleQueue[Any], threads: list[threading.Thread]) -> None:
+    for _ in threads:
+        jobs.put(_STOP)
+
+
+def _settle_chunk(
+    chunk: list[tuple[Any, asyncio.Future[Any]]], results: list[tuple[bool, Any]]
 ) -> None:
-    if done.cancelled():
-        for _, fut in chunk:
-            if not fut.done():
-                fut.cancel()
-        return
-    exc = done.exception()
-    if exc is not None:
-        for _, fut in chunk:
-            if not fut.done():
-                fut.set_exception(exc)
-        return
-    for (ok, value), (_, fut) in zip(done.result(), chunk, strict=True):
-        if fut.done():
+    for (_, fut), (ok, value) in zip(chunk, results, strict=True):
+        if fut.done():  # cancelled by its caller meanwhile
             continue
         if ok:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def _cancel_chunk(chunk: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    for _, fut in chunk:
+        if not fut.done():
+            fut.cancel()
 
 
 @dataclass(frozen=True)

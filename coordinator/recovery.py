@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.anchors import TrustAnchors
 from attestation.binding import peer_recover_report_data
+from attestation.errors import EvidenceRejected
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client import AttestationFailed, AttestedChannel, CoordinatorPolicy
 from coordinator.history import SignedLatest
@@ -197,6 +198,7 @@ class PeerRecovery:
         self._publish_lock = asyncio.Lock()
         self.attempts = 0
         self.recoveries = 0
+        self._idle_logged = False
 
     @classmethod
     def create(cls, server: CoordinatorServer, anchors: TrustAnchors) -> PeerRecovery | None:
@@ -388,13 +390,25 @@ class PeerRecovery:
         if latest is None:
             return None
         self.attempts += 1
-        for peer in await self._candidates(latest.transition_hash):
+        candidates = await self._candidates(latest.transition_hash)
+        if not candidates:
+            if not self._idle_logged:
+                log.warning(
+                    "no ready peer to recover from; waiting for one "
+                    "(or for a seed-share owner's recovery)"
+                )
+                self._idle_logged = True
+            return False
+        self._idle_logged = False
+        for peer in candidates:
             try:
                 await self._recover_from(peer, latest)
             except asyncio.CancelledError:
                 raise
-            except (AttestationFailed, PeerRecoveryFailed, RecoveryRejected) as exc:
+            except (AttestationFailed, EvidenceRejected, RecoveryRejected) as exc:
                 log.warning("peer %s refused for recovery: %s", peer, exc)
+            except PeerRecoveryFailed as exc:
+                log.info("peer %s not usable for recovery: %s", peer, exc)
             except ConcurrentUpdate:
                 log.info("the history moved while recovering from %s; retrying", peer)
                 return False
@@ -464,10 +478,10 @@ class PeerRecovery:
             # chain is linear, so if ``latest`` is the peer's transition now and unchanged
             # then, reset_state adopts exactly the transition this mesh key belongs to.
             if m.digest != secrets.manifest_hash:
-                raise RecoveryRejected("the history moved during peer recovery")
+                raise ConcurrentUpdate("the history moved during peer recovery")
             now = await guard.history.get_latest()
             if now is None or now.transition_hash != secrets.latest_transition_hash:
-                raise RecoveryRejected("the history moved during peer recovery")
+                raise ConcurrentUpdate("the history moved during peer recovery")
             return engine, mesh_key
 
         await guard.reset_state(old, authorize)

@@ -303,3 +303,30 @@ def test_template_leaf_matches_issue_leaf(
     assert fast.serial_number != ref.serial_number
     assert fast.version == ref.version
     check_issued(state, p, issuer.issue(p.request))
+
+
+def test_batch_runner_close_cancels_queued_and_refuses_new() -> None:
+    """close(): the running chunk finishes, queued chunks are cancelled, submit is refused."""
+    import threading
+
+    gate = threading.Event()
+
+    def slow(x: int) -> int:
+        gate.wait(5)
+        return x * 2
+
+    runner: BatchRunner[int, int] = BatchRunner(slow, workers=1, max_batch=1)
+
+    async def drive() -> list[Any]:
+        tasks = [asyncio.ensure_future(runner.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.05)  # first chunk running, two queued
+        runner.close()
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(RuntimeError):
+            await runner.submit(9)
+        return results
+
+    results = asyncio.run(drive())
+    assert results[0] == 0
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[1:])

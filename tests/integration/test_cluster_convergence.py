@@ -130,9 +130,7 @@ async def test_manifest_set_on_one_reaches_all_and_workloads_join_anywhere(
         leaf.verify_directly_issued_by(mesh_ca)
         assert pem_der(joined.response.mesh_ca_pem) == pem_der(resp.mesh_ca_pem)
         assert pem_der(joined.response.root_ca_pem) == pem_der(resp.root_ca_pem)
-        intermediate.verify_directly_issued_by(
-            x509.load_pem_x509_certificate(resp.root_ca_pem)
-        )
+        intermediate.verify_directly_issued_by(x509.load_pem_x509_certificate(resp.root_ca_pem))
         secrets.add(
             open_sealed(
                 joined.hpke_private, PURPOSE_WORKLOAD_SECRET, joined.response.sealed_workload_secret
