@@ -70,7 +70,14 @@ class Verifier:
         from attestation.snp.verify import verify_snp
 
         res = verify_snp(
-            ev.report, ev.certs, self.anchors, refs, report_data, now, crls=ev.crls, cache=self.snp_cache
+            ev.report,
+            ev.certs,
+            self.anchors,
+            refs,
+            report_data,
+            now,
+            crls=ev.crls,
+            cache=self.snp_cache,
         )
         return VerifiedEvidence(
             tee="snp",
@@ -94,7 +101,13 @@ class Verifier:
 
         collateral = TdxCollateral.from_cbor_map(dict(ev.collateral)) if ev.collateral else None
         res = verify_tdx(
-            ev.report, self.anchors, refs, report_data, now, collateral=collateral, cache=self.tdx_cache
+            ev.report,
+            self.anchors,
+            refs,
+            report_data,
+            now,
+            collateral=collateral,
+            cache=self.tdx_cache,
         )
         if res.mr_config_id[32:] != bytes(16):
             raise PolicyHashNotBound("MRCONFIGID[32:48] must be zero")

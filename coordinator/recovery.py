@@ -300,7 +300,8 @@ class PeerRecovery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("member watch failed: %s; restarting", type(exc).__name__)
+                level = logging.INFO if failures == 0 else logging.DEBUG
+                log.log(level, "member watch failed: %s; restarting", type(exc).__name__)
             failures += 1
             await asyncio.sleep(backoff_delay(failures))
 

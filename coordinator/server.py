@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,12 @@ def build_provider(config: ServerConfig) -> EvidenceProvider:
     raise ValueError(f"--tee must be 'tsm' or 'mock:DIR', got {config.tee!r}")
 
 
+def watch_backoff(attempt: int) -> float:
+    """Restart a failed history watch within about a second (jittered): until it is back, a
+    move of ``latest`` by a peer goes unnoticed, and a restart is one cheap read."""
+    return min(1.0, 0.1 * 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
+
+
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
@@ -107,7 +114,7 @@ class CoordinatorServer:
         provider = build_provider(cfg)
         self.store = await open_store(cfg.store, cfg.deployment, **cfg.etcd_options)
         history = History(self.store)
-        self.guard = Guard(history, on_stale=self._on_stale)
+        self.guard = Guard(history, on_stale=self._on_stale, backoff=watch_backoff)
         tls = TlsIdentity.generate()
         hpke_private, _ = generate_keypair()
         runner: BatchRunner[Any, Any] = BatchRunner(_issue, workers=cfg.issuer_workers)

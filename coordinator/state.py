@@ -376,7 +376,10 @@ class Guard:
         self.stale_event.set()
         if not changed:
             return
-        log.warning("state is stale: another coordinator moved the history")
+        if state is None:
+            log.warning("history present but no state: recovery mode")
+        else:
+            log.warning("state is stale: another coordinator moved the history")
         if self._on_stale is not None:
             try:
                 self._on_stale(state)

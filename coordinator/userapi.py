@@ -4,12 +4,14 @@ a coordinator that has no usable state."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 
+from attestation.errors import EvidenceRejected
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.authz import (
@@ -53,6 +55,7 @@ class UserService(pb_grpc.UserAPIServicer):
                     "concurrent update: there is no history yet, previous_transition_hash must be empty",
                 )
             await self._require_policies(manifest, request.policies)
+            await self._require_admits_self(manifest)
             new = await self.coord.guard.update_state(
                 None, request.manifest, list(request.policies)
             )
@@ -78,6 +81,27 @@ class UserService(pb_grpc.UserAPIServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"policies: missing the policy document of Policies.{hex_digest}",
                 ) from None
+
+    async def _require_admits_self(self, manifest: Manifest) -> None:
+        """A first manifest that does not admit this very coordinator would leave a deployment
+        no client can attest and no peer can recover from: refuse it before anything is stored."""
+        report_data = os.urandom(64)
+        evidence = await self.coord.evidence(report_data)
+        try:
+            verified = self.coord.verifier.verify(
+                evidence, manifest.reference_values, report_data, self.coord.clock()
+            )
+        except EvidenceRejected as exc:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ReferenceValues: do not admit this coordinator ({exc})",
+            ) from None
+        if verified.policy_hash != manifest.coordinator_policy_hash:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Policies: this coordinator runs policy {verified.policy_hash.hex()}, which is not "
+                "the manifest's coordinator policy",
+            )
 
     @staticmethod
     def _authorise_update(state: State, manifest: Manifest, request: pb.SetManifestRequest) -> None:
