@@ -127,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.tee.startswith("mock:") and args.mock_policy is None:
         raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)")
     _existing_file(args.mock_policy, "--mock-policy")
+    _existing_file(args.tdx_collateral, "--tdx-collateral")
     if not args.store.startswith(("file:", "etcd://", "memory:")):
         raise UsageError(f"--store must be file:DIR or etcd://HOST:PORT[,...], got {args.store!r}")
     _anchors(args.trust_anchors)  # fail early, as a usage error
@@ -135,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tee=args.tee,
         mock_policy=Path(args.mock_policy) if args.mock_policy else None,
         mock_tee_type=args.mock_tee_type,
+        tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
         trust_anchors=args.trust_anchors,
         user_addr=args.user_addr,
         mesh_addr=args.mesh_addr,
@@ -321,8 +323,13 @@ def _join_provider(args: argparse.Namespace) -> Any:
 
     if args.tee == "tsm":
         from attestation.providers.tsm import TsmProvider
+        from coordinator.server import load_tdx_collateral
 
-        return TsmProvider()
+        path = Path(args.tdx_collateral) if args.tdx_collateral else None
+        try:
+            return TsmProvider(tdx_collateral=load_tdx_collateral(path))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--tdx-collateral: {exc}") from None
     if args.tee.startswith("mock:") and len(args.tee) > 5:
         from attestation.providers.mock import MockProvider
 
@@ -434,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
+    p.add_argument(
+        "--tdx-collateral",
+        metavar="FILE",
+        help="TDX only (--tee tsm): TCB info / QE identity / CRLs as JSON (dcap-qvl layout), "
+        "attached to the evidence; verifiers require collateral for TDX",
+    )
     p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
     _add_anchors(p)
     p.add_argument("--user-addr", default="0.0.0.0:1313", metavar="HOST:PORT")
@@ -518,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_client(p, user_port=False)
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy this mock CVM runs")
+    p.add_argument(
+        "--tdx-collateral",
+        metavar="FILE",
+        help="TDX only (--tee tsm): TCB info / QE identity / CRLs as JSON (dcap-qvl layout), "
+        "attached to the evidence; verifiers require collateral for TDX",
+    )
     p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
     _add_anchors(p, default=None)
     p.add_argument(

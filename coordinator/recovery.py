@@ -38,7 +38,7 @@ from coordinator.history import SignedLatest
 from coordinator.manifest import Manifest
 from coordinator.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, generate_keypair, open_sealed
 from coordinator.seedengine import SeedEngine
-from coordinator.state import ConcurrentUpdate, RecoveryRejected
+from coordinator.state import ConcurrentUpdate, NotInitialized, RecoveryRejected
 from coordinator.tlsid import SERVER_NAME
 
 if TYPE_CHECKING:
@@ -421,6 +421,24 @@ class PeerRecovery:
                 self.server.metrics.recoveries.labels("peer").inc()
                 return True
         return False
+
+    async def recover_from(self, peer: str) -> None:
+        """Recover from one given peer (mesh address) now, whatever the loop is doing.
+
+        Raises NotInitialized (no history), AttestationFailed / EvidenceRejected (not an
+        attested coordinator of the latest manifest), PeerRecoveryFailed (it does not serve
+        the store's ``latest``, or its secrets do not fit it), ConcurrentUpdate (the history
+        moved meanwhile), RecoveryRejected (the seed does not sign ``latest``), or the
+        transport's error when the peer cannot be reached.
+        """
+        guard = self.server.guard
+        assert guard is not None
+        latest = await guard.history.get_latest()
+        if latest is None:
+            raise NotInitialized()
+        await self._recover_from(peer, latest)
+        self.recoveries += 1
+        self.server.metrics.recoveries.labels("peer").inc()
 
     async def _policy_for(self, latest: SignedLatest) -> CoordinatorPolicy:
         manifest = await self._manifest_for(latest)

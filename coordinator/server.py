@@ -49,6 +49,7 @@ class ServerConfig:
     tee: str = "tsm"  # "tsm" or "mock:DIR"
     mock_policy: Path | None = None
     mock_tee_type: str = "snp"
+    tdx_collateral: Path | None = None
     trust_anchors: str = "production"
     user_addr: str = "0.0.0.0:1313"
     mesh_addr: str = "0.0.0.0:7777"
@@ -61,11 +62,20 @@ class ServerConfig:
     issuer_workers: int | None = None
 
 
+def load_tdx_collateral(path: Path | None) -> dict[str, bytes] | None:
+    """Collateral file in the dcap-qvl JSON layout, attached to TDX evidence from configfs-tsm."""
+    if path is None:
+        return None
+    from attestation.tdx.collateral import load_collateral_json
+
+    return load_collateral_json(path).to_cbor_map()
+
+
 def build_provider(config: ServerConfig) -> EvidenceProvider:
     if config.tee == "tsm":
         from attestation.providers.tsm import TsmProvider
 
-        return TsmProvider()
+        return TsmProvider(tdx_collateral=load_tdx_collateral(config.tdx_collateral))
     if config.tee.startswith("mock:"):
         from attestation.providers.mock import MockProvider
 

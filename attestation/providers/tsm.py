@@ -15,6 +15,7 @@ import errno
 import os
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -106,6 +107,9 @@ class TsmProvider:
     root: Path = DEFAULT_ROOT
     privlevel: int | None = None
     fs: TsmFs = field(default_factory=OsFs, compare=False, repr=False)
+    # TDX collateral (TCB info, QE identity, CRLs as envelope map) fetched out of band, e.g. by a
+    # PCS/PCCS fetcher: verifiers require it, and this provider never fetches anything itself.
+    tdx_collateral: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     @property
     def tee(self) -> str:
@@ -176,7 +180,8 @@ class TsmProvider:
             )
         certs = parse_snp_cert_table(aux, leaf=_snp_signer(report)) if aux else ()
         try:
-            return Evidence(tee=tee, report=report, certs=certs)
+            collateral = dict(self.tdx_collateral or {}) if tee == "tdx" else {}
+            return Evidence(tee=tee, report=report, certs=certs, collateral=collateral)
         except EvidenceRejected as exc:
             raise ProviderError(f"configfs-tsm: unexpected outblob/auxblob: {exc}") from None
 

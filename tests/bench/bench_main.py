@@ -1,12 +1,12 @@
 """End-to-end issuance benchmark (``./hack/bench issuance``).
 
-Starts a coordinator process (software TEE, file store in a temporary directory), sets a
-manifest over the attested user API, then for each issuer pool size and each concurrency drives
-full join flows (Challenge + evidence + NewMeshCert over gRPC/TLS) from separate load processes
-(tests/bench/loadgen.py) and reports throughput, flow latency and the coordinator's CPU per
-issued certificate, read from /proc/<pid>/stat around a fixed measurement window. In the same
-run it measures the primitive baseline in process (tests/bench/harness.py) so that
-``efficiency = baseline CPU / server CPU per certificate`` compares like with like.
+Starts a coordinator process (``concord serve`` with the software TEE, file store in a
+temporary directory), sets a manifest over the attested user API, then for each issuer pool size
+and each concurrency drives full join flows (Challenge + evidence + NewMeshCert over gRPC/TLS)
+from separate load processes (tests/bench/loadgen.py) and reports throughput, flow latency and
+the coordinator's CPU per issued certificate, read from /proc/<pid>/stat around a fixed
+measurement window. In the same run it measures the primitive baseline in process
+(tests/bench/harness.py): ``efficiency = baseline CPU / server CPU per certificate``.
 
 Everything is bounded in time (``--timeout``) and every process this harness starts is stopped
 at the end, also on errors and signals.
@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import select
 import shutil
 import signal
@@ -117,31 +118,6 @@ class Children:
 # --- the coordinator process ------------------------------------------------------------------
 
 
-def serve_child(argv: Sequence[str]) -> None:
-    """Hidden entry point: run one coordinator with the software TEE (see start_server)."""
-    from coordinator.server import ServerConfig, serve
-
-    ap = argparse.ArgumentParser(prog="bench_main _serve")
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--mock-dir", required=True)
-    ap.add_argument("--policy-file", required=True)
-    ap.add_argument("--workers", type=int, required=True)
-    a = ap.parse_args(argv)
-    config = ServerConfig(
-        store=a.store,
-        tee=f"mock:{a.mock_dir}",
-        mock_policy=Path(a.policy_file),
-        mock_tee_type="snp",
-        trust_anchors=f"mock:{a.mock_dir}",
-        user_addr="127.0.0.1:0",
-        mesh_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        deployment="bench",
-        issuer_workers=a.workers,
-    )
-    asyncio.run(serve(config))
-
-
 def start_server(
     children: Children, dep: BenchDeployment, workdir: Path, workers: int
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -153,15 +129,27 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "tests.bench.bench_main",
-        "_serve",
+        "coordinator.cli",
+        "serve",
         "--store",
         f"file:{store}",
-        "--mock-dir",
-        str(dep.mock_dir),
-        "--policy-file",
+        "--tee",
+        f"mock:{dep.mock_dir}",
+        "--mock-policy",
         str(policy_file),
-        "--workers",
+        "--mock-tee-type",
+        "snp",
+        "--trust-anchors",
+        f"mock:{dep.mock_dir}",
+        "--user-addr",
+        "127.0.0.1:0",
+        "--mesh-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--deployment",
+        "bench",
+        "--issuer-workers",
         str(workers),
     ]
     proc = subprocess.Popen(
@@ -218,6 +206,22 @@ async def set_manifest(dep: BenchDeployment, user_addr: str) -> bytes:
 # --- one measured load point ------------------------------------------------------------------
 
 
+def _next_message(q: Any, procs: Sequence[Any], timeout: float) -> tuple[Any, ...]:
+    """The next message of a load process; BenchError if none comes or one of them died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            msg: tuple[Any, ...] = q.get(timeout=0.5)
+            return msg
+        except queue.Empty:
+            pass
+        for p in procs:
+            if p.exitcode not in (None, 0):
+                raise BenchError(f"load process {p.name} died with exit code {p.exitcode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"no word from the load processes for {timeout:.0f} s")
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -246,7 +250,8 @@ def run_load(
     nproc = max(1, min(clients, concurrency))
     counts = ctx.Array("q", nproc, lock=False)
     go, stop = ctx.Event(), ctx.Event()
-    queue = ctx.Queue()
+    messages = ctx.Queue()
+    procs: list[Any] = []
     cert = fetch_server_certificate(mesh_addr)
     for i, tasks in enumerate(_split(concurrency, nproc)):
         cfg = loadgen.LoadConfig(
@@ -260,13 +265,14 @@ def run_load(
             workload_policy=dep.workload_policy,
             collect_latencies=collect_latencies,
         )
-        p = ctx.Process(target=loadgen.run, args=(cfg, counts, go, stop, queue), daemon=True)
+        p = ctx.Process(target=loadgen.run, args=(cfg, counts, go, stop, messages), daemon=True)
         p.start()
         children.loaders.append(p)
+        procs.append(p)
     try:
         ready = 0
         while ready < nproc:
-            msg = queue.get(timeout=90)
+            msg = _next_message(messages, procs, 90)
             if msg[0] == "failed":
                 raise BenchError(f"load process {msg[1]} failed: {msg[2]}")
             ready += msg[0] == "ready"
@@ -307,7 +313,7 @@ def run_load(
         stop.set()
         results: list[loadgen.LoadResult] = []
         while len(results) < nproc:
-            msg = queue.get(timeout=60)
+            msg = _next_message(messages, procs, 60)
             if msg[0] == "failed":
                 raise BenchError(f"load process {msg[1]} failed: {msg[2]}")
             if msg[0] == "done":
@@ -515,6 +521,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     runs = report["runs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -533,7 +540,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax2.axhline(E2E_EFFICIENCY_TARGET, color="grey", linestyle="--", label="target 0.6")
     ax2.set_ylabel("baseline CPU / server CPU per cert")
     ax2.set_title("Server efficiency")
+    ax1.set_ylim(bottom=0)
     ax2.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.set_xticks(sorted({r["concurrency"] for r in runs}))
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
     ax1.legend()
     ax2.legend()
     fig.suptitle(
@@ -553,10 +564,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"issuer {ip['issuer_cpu_s'] * 1e3:.3f} ms -> efficiency {ip['issuer_efficiency']:.3f}; "
         f"BatchRunner 2/1 workers {ip['batch_runner']['ratio_2_to_1']:.2f}"
     )
-    print(
-        f"{'workers':>7} {'conc':>5} {'certs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv ms/cert':>11} {'eff':>5} {'srv cores':>9} {'cli ms/flow':>11} {'busy':>5} err"
-    )
+    if report["runs"]:
+        print(
+            f"{'workers':>7} {'conc':>5} {'certs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'srv ms/cert':>11} {'eff':>5} {'srv cores':>9} {'cli ms/flow':>11} {'busy':>5} err"
+        )
     for r in report["runs"]:
         print(
             f"{r['workers']:>7} {r['concurrency']:>5} {r['throughput_certs_per_s']:>8.1f} "
@@ -622,12 +634,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=900.0,
         help="stop the RSS run after this many seconds even if short of --rss-certs",
     )
+    p.add_argument("--rss-only", action="store_true", help="skip the sweep, only the RSS run")
     p.add_argument("--baseline-rounds", type=int, default=15)
     p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args(argv)
     if a.duration <= 0 or a.warmup < 0 or a.clients < 1:
         ap.error("--duration must be > 0, --warmup >= 0, --clients >= 1")
+    if a.rss_only and a.rss_certs <= 0:
+        ap.error("--rss-only needs --rss-certs N")
     return a
 
 
@@ -681,7 +696,7 @@ def issuance(a: argparse.Namespace) -> int:
             dep = create_deployment(workdir / "mock-tee")
             print("measuring the primitive baseline in process ...", flush=True)
             report["inprocess"] = inprocess_figures(dep, a.baseline_rounds, 50)
-            for workers in a.workers:
+            for workers in [] if a.rss_only else a.workers:
                 proc, info = start_server(children, dep, workdir, workers)
                 try:
                     asyncio.run(set_manifest(dep, info["user"]))
@@ -782,11 +797,7 @@ def _repo_root() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_serve"]:
-        serve_child(argv[1:])
-        return 0
-    a = parse_args(argv)
+    a = parse_args(list(sys.argv[1:] if argv is None else argv))
     if a.command == "issuance":
         return issuance(a)
     return 2  # pragma: no cover - argparse rejects unknown commands

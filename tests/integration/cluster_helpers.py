@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,22 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(
+    etcd_endpoint: str, deployment: str, mock_dir: Path, workdir: Path, **options: Any
+) -> Iterator[Cluster]:
+    """A :class:`Cluster` stopped on exit, printing the tail of every coordinator's log (pytest
+    shows it when the test failed)."""
+    cluster = Cluster(etcd_endpoint, deployment, mock_dir, workdir, **options)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for node in cluster.nodes:
+            tail = "\n".join(node.log_text().splitlines()[-40:])
+            print(f"--- {node.node_id} ({node.log_path}) ---\n{tail}")
 
 
 @atexit.register

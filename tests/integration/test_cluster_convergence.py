@@ -26,6 +26,7 @@ from tests.integration.cluster_helpers import (
     check_history,
     gauges,
     readyz,
+    running_cluster,
     wait_status,
 )
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
@@ -58,14 +59,8 @@ POLICIES = [COORDINATOR_POLICY, WEB_POLICY, DB_POLICY]
 def cluster(
     etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
 ) -> Iterator[Cluster]:
-    c = Cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "cluster")
-    try:
+    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
         yield c
-    finally:
-        c.stop()
-        for node in c.nodes:  # shown by pytest only when the test failed
-            tail = "\n".join(node.log_text().splitlines()[-30:])
-            print(f"--- {node.node_id} ({node.log_path}) ---\n{tail}")
 
 
 def manifest_v(tee: MockTee, keys: Keys, version: str) -> bytes:

@@ -1,7 +1,6 @@
 """Faults in a multi-coordinator deployment (DESIGN §6, §8): coordinators killed with SIGKILL in
-the middle of update loops, an etcd outage, every coordinator lost at once (recovery mode until a
-seed-share owner recovers one), and the rule that a user recovery is refused while a ready peer
-exists unless forced."""
+the middle of update loops, an etcd outage, and every coordinator lost at once (recovery mode
+until a seed-share owner recovers one)."""
 
 from __future__ import annotations
 
@@ -20,10 +19,8 @@ from cryptography import x509
 
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.history import LATEST_KEY, transition_hash
-from coordinator.recovery import Member, PeerRecovery
-from coordinator.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
-from tests.etcd_server import EtcdServer, free_port
+from tests.etcd_server import EtcdServer
 from tests.integration.cluster_helpers import (
     Cluster,
     CoordinatorProcess,
@@ -31,6 +28,7 @@ from tests.integration.cluster_helpers import (
     check_history,
     http_get,
     readyz,
+    running_cluster,
     wait_status,
 )
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
@@ -70,14 +68,8 @@ UNKNOWN_OUTCOME = {
 def cluster(
     etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
 ) -> Iterator[Cluster]:
-    c = Cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "cluster")
-    try:
+    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
         yield c
-    finally:
-        c.stop()
-        for node in c.nodes:  # shown by pytest only when the test failed
-            tail = "\n".join(node.log_text().splitlines()[-40:])
-            print(f"--- {node.node_id} ({node.log_path}) ---\n{tail}")
 
 
 @pytest.fixture
@@ -376,90 +368,3 @@ async def test_all_coordinators_lost_recovery_mode_until_a_seed_share_owner_reco
         )
     for chan in chans:
         await chan.close()
-
-
-async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
-    cluster: Cluster,
-    mock_tee: MockTee,
-    keys: Keys,
-    store: EtcdStore,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    nodes = cluster.start(1)
-    first = await first_manifest(nodes, mock_tee, keys)
-    seed, salt = open_seed_share(first.seed_share_document, keys.seedshare)
-
-    # In-process coordinators whose peer recovery never succeeds: they stay in recovery mode
-    # until a user recovers them (the subprocess coordinator is unaffected by the patch).
-    async def no_peer_recovery(self: PeerRecovery) -> bool:
-        return False
-
-    monkeypatch.setattr(PeerRecovery, "recover_once", no_peer_recovery)
-    servers: list[CoordinatorServer] = []
-
-    async def start_inprocess(node_id: str) -> CoordinatorServer:
-        server = CoordinatorServer(
-            ServerConfig(
-                store=f"etcd://{cluster.etcd_endpoint}",
-                deployment=cluster.deployment,
-                tee=f"mock:{mock_tee.directory}",
-                mock_policy=cluster.policy_path,
-                trust_anchors=f"mock:{mock_tee.directory}",
-                user_addr="127.0.0.1:0",
-                mesh_addr="127.0.0.1:0",
-                http_addr="127.0.0.1:0",
-                node_id=node_id,
-                issuer_workers=1,
-            )
-        )
-        await server.start()
-        servers.append(server)
-        return server
-
-    policy = mock_tee.coordinator_policy()
-    try:
-        x = await start_inprocess("x")
-        assert not x.is_ready()
-        chan = await attested(x.addresses["user"], policy)
-        # A crashed coordinator's membership key (ready, at latest, nobody listening).
-        ghost = Member("ghost", f"127.0.0.1:{free_port()}", True, first.transition_hash)
-        await store.put_member("ghost", ghost.encode(), 5)
-
-        # nodes[0] is ready and attests at the store's latest: refused without force.
-        await expect_status(
-            chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare)),
-            PRECONDITION,
-            "ready peer",
-        )
-        assert not x.is_ready()
-
-        # Forced: recovered, but with a mesh key of its own (the split force warns about).
-        y = await start_inprocess("y")
-        ychan = await attested(y.addresses["user"], policy)
-        await ychan.user.Recover(
-            user_recover_request(ychan, seed, salt, keys.seedshare, force=True)
-        )
-        assert y.is_ready()
-        assert ychan.attestation.latest_transition_hash == b""  # attested before recovery
-        _, root, mesh = await attested_state(nodes[0], mock_tee)
-        assert y.coord is not None and y.guard is not None
-        y_state = y.guard.current()
-        assert y_state is not None
-        assert y_state.ca.root_pem == root and y_state.ca.mesh_ca_pem != mesh
-        await ychan.close()
-        await y.stop(grace=0)
-        servers.remove(y)
-
-        # Once the ready peer is gone, its lingering membership key (like the ghost's) does
-        # not count: every candidate is attested before it blocks a user recovery.
-        nodes[0].kill()
-        members = await store.list_members()
-        assert Member.decode("c0", members["c0"]) is not None
-        assert Member.decode("c0", members["c0"]).ready  # type: ignore[union-attr]
-        await chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare))
-        assert x.is_ready()
-        await chan.close()
-    finally:
-        for server in servers:
-            await server.stop(grace=0)

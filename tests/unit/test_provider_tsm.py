@@ -343,3 +343,27 @@ def test_report_data_must_be_64_bytes(amd: MockAmd, size: int) -> None:
     with pytest.raises(ValueError, match="exactly 64 bytes"):
         TsmProvider(root=ROOT, fs=kernel).evidence(bytes(size))
     assert kernel.created == []  # nothing touched
+
+
+def test_tdx_attaches_configured_collateral(amd: MockAmd, intel: MockIntel) -> None:
+    """Collateral fetched out of band rides in the envelope; the Verifier then accepts it."""
+    from attestation.evidence import Evidence
+    from attestation.reference import ReferenceValues
+    from attestation.verify import Verifier
+
+    collateral = intel.make_collateral(datetime.now(UTC)).to_cbor_map()
+    provider = TsmProvider(
+        root=ROOT, fs=FakeKernel("tdx_guest", intel=intel), tdx_collateral=collateral
+    )
+    rd = b"\x33" * 64
+    ev = Evidence.decode(provider.evidence(rd).encode())
+    assert dict(ev.collateral) == collateral
+    verified = Verifier(_mock_anchors(amd, intel)).verify(
+        ev, ReferenceValues(tdx=(TdxReference(mr_td=MR_TD),)), rd, datetime.now(UTC)
+    )
+    assert verified.detail.tcb_status == "UpToDate"
+
+
+def test_snp_ignores_tdx_collateral(amd: MockAmd) -> None:
+    provider = TsmProvider(root=ROOT, fs=_snp_kernel(amd), tdx_collateral={"tcb_info": b"x"})
+    assert not provider.evidence(bytes(64)).collateral
