@@ -11,6 +11,11 @@ Membership: with a store that has lease-bound member keys (etcd), each coordinat
 readiness or transition changes; a crashed coordinator's key disappears with its lease. Peers
 come from these keys, preferring those that say they serve the store's ``latest``, then from the
 static ``--peer`` list. A member key is only a hint: nothing is trusted before attestation.
+
+Limit: the mesh key of a transition exists only in the memory of the coordinator that made it
+until a peer copies it (tens of milliseconds). If that coordinator dies in between, no peer can
+serve ``latest`` any more and the deployment stays in recovery mode until a seed-share owner
+recovers one coordinator (the others then recover from it).
 """
 
 from __future__ import annotations
@@ -120,11 +125,12 @@ def order_candidates(
     latest: bytes | None,
     static_peers: tuple[str, ...] = (),
     *,
+    exclude: tuple[str, ...] = (),
     shuffle: Callable[[list[str]], None] = random.shuffle,
 ) -> tuple[list[str], bool]:
     """Mesh addresses to try: ready members at ``latest`` first, then other ready members (each
-    group shuffled to spread the load), then static peers. Also whether any member is at
-    ``latest``."""
+    group shuffled to spread the load), then static peers; never an address in ``exclude`` (our
+    own). Also whether any member is at ``latest``."""
     at_latest: list[str] = []
     others: list[str] = []
     for node_id, raw in members.items():
@@ -141,7 +147,7 @@ def order_candidates(
     shuffle(others)
     ordered: list[str] = []
     for addr in (*at_latest, *others, *static_peers):
-        if addr not in ordered:
+        if addr not in ordered and addr not in exclude:
             ordered.append(addr)
     return ordered, bool(at_latest)
 
@@ -211,6 +217,10 @@ class PeerRecovery:
     @property
     def mesh_address(self) -> str:
         return self.server.config.advertise_mesh_addr or self.server.addresses["mesh"]
+
+    @property
+    def _own(self) -> tuple[str, ...]:
+        return (self.mesh_address, self.server.addresses.get("mesh", ""))
 
     async def start(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.create_task(self._recovery_loop(), name="peer-recovery")]
@@ -316,14 +326,18 @@ class PeerRecovery:
         just moved ``latest`` publishes its new transition a moment after the CAS)."""
         pulse = self._members_pulse
         ordered, found = order_candidates(
-            await self._list_members(), self.node_id, latest, self.static_peers
+            await self._list_members(), self.node_id, latest, self.static_peers, exclude=self._own
         )
         if found or not self.membership:
             return ordered
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pulse.wait(), MEMBER_WAIT)
             ordered, _ = order_candidates(
-                await self._list_members(), self.node_id, latest, self.static_peers
+                await self._list_members(),
+                self.node_id,
+                latest,
+                self.static_peers,
+                exclude=self._own,
             )
         return ordered
 
@@ -342,7 +356,11 @@ class PeerRecovery:
             return False
         policy = await self._policy_for(latest)
         ordered, _ = order_candidates(
-            await self._list_members(), self.node_id, latest.transition_hash, self.static_peers
+            await self._list_members(),
+            self.node_id,
+            latest.transition_hash,
+            self.static_peers,
+            exclude=self._own,
         )
         for peer in ordered:
             try:

@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,9 @@ from tests.bench.harness import (
     primitive_baseline_one,
     proc_cpu_seconds,
     proc_status_kb,
+    proc_thread_cpu,
     system_cpu_seconds,
+    thread_groups,
 )
 
 E2E_EFFICIENCY_TARGET = 0.6
@@ -153,7 +156,12 @@ def start_server(
         str(workers),
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, cwd=_repo_root()
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+        cwd=_repo_root(),
+        preexec_fn=_die_with_parent,
     )
     children.servers.append(proc)
     log.close()
@@ -166,6 +174,14 @@ def start_server(
         raise BenchError(f"coordinator did not report its addresses; log tail:\n{tail}")
     info: dict[str, Any] = json.loads(line)
     return proc, info
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def fetch_server_certificate(address: str, timeout: float = 10.0) -> bytes:
@@ -279,6 +295,7 @@ def run_load(
         go.set()
         time.sleep(warmup)
         pid = server.pid
+        threads0 = proc_thread_cpu(pid)
         t0, cpu0, n0 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
         sys0 = system_cpu_seconds()
         samples: list[dict[str, Any]] = []
@@ -304,6 +321,7 @@ def run_load(
             assert duration is not None
             time.sleep(duration)
         t1, cpu1, n1 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
+        threads = thread_groups(pid, threads0, proc_thread_cpu(pid))
         sys1 = system_cpu_seconds()
         rss_kb, hwm_kb = proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")
         if samples:
@@ -351,6 +369,9 @@ def run_load(
         "server_cpu_s": server_cpu,
         "server_cpu_per_cert_s": server_cpu / certs if certs else float("nan"),
         "server_cores_used": server_cpu / window if window > 0 else 0.0,
+        "server_cpu_per_cert_by_thread_s": {
+            k: v / certs if certs else float("nan") for k, v in sorted(threads.items())
+        },
         "client_cpu_per_flow_s": client_cpu / client_flows if client_flows else float("nan"),
         "machine_busy_cores": busy / window if window > 0 else 0.0,
         "server_rss_kb": rss_kb,
@@ -358,6 +379,68 @@ def run_load(
     }
     if samples:
         out["rss_samples"] = samples
+    return out
+
+
+def sweep(
+    children: Children, dep: BenchDeployment, workdir: Path, a: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Every (repeat, concurrency, workers) point. One server per pool size, all started first;
+    the pool sizes alternate within each concurrency so that drifting outside load on a shared
+    machine hits them alike."""
+    servers: dict[int, tuple[subprocess.Popen[bytes], dict[str, Any]]] = {}
+    runs: list[dict[str, Any]] = []
+    try:
+        for workers in a.workers:
+            servers[workers] = start_server(children, dep, workdir, workers)
+            asyncio.run(set_manifest(dep, servers[workers][1]["user"]))
+        step = 0
+        for repeat in range(a.repeat):
+            for c in a.concurrency:
+                order = a.workers if step % 2 == 0 else a.workers[::-1]
+                step += 1
+                for workers in order:
+                    proc, info = servers[workers]
+                    print(f"repeat={repeat} workers={workers} concurrency={c} ...", flush=True)
+                    run = run_load(
+                        children,
+                        dep,
+                        proc,
+                        info["mesh"],
+                        concurrency=c,
+                        clients=a.clients,
+                        warmup=a.warmup,
+                        duration=a.duration,
+                    )
+                    run["workers"] = workers
+                    run["repeat"] = repeat
+                    runs.append(run)
+    finally:
+        for proc, _ in servers.values():
+            children.stop_server(proc)
+    return runs
+
+
+def point_medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (workers, concurrency): the median over repeats of each figure."""
+    keys = sorted({(r["workers"], r["concurrency"]) for r in runs})
+    out: list[dict[str, Any]] = []
+    for workers, c in keys:
+        rows = [r for r in runs if r["workers"] == workers and r["concurrency"] == c]
+        merged: dict[str, Any] = {"workers": workers, "concurrency": c, "repeats": len(rows)}
+        for k, v in rows[0].items():
+            if k in merged or k == "repeat":
+                continue
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                merged[k] = statistics.median(r[k] for r in rows)
+            elif k == "errors":
+                merged[k] = {
+                    code: sum(r["errors"].get(code, 0) for r in rows)
+                    for code in {c for r in rows for c in r["errors"]}
+                }
+            elif isinstance(v, dict):
+                merged[k] = {sub: statistics.median(r[k].get(sub, 0.0) for r in rows) for sub in v}
+        out.append(merged)
     return out
 
 
@@ -457,8 +540,9 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     baseline = report["inprocess"]["primitive_baseline_cpu_s"]
     for run in report["runs"]:
         run["efficiency"] = baseline / run["server_cpu_per_cert_s"] if run["certs"] else 0.0
+    report["points"] = point_medians(report["runs"])
     summary: dict[str, Any] = {"baseline_cpu_s": baseline}
-    runs = report["runs"]
+    runs = report["points"]
     if runs:
         best = max(runs, key=lambda r: r["throughput_certs_per_s"])
         best_eff = max(runs, key=lambda r: r["efficiency"])
@@ -523,7 +607,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    runs = report["runs"]
+    runs = report["points"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for workers in sorted({r["workers"] for r in runs}):
         rows = sorted((r for r in runs if r["workers"] == workers), key=lambda r: r["concurrency"])
@@ -564,16 +648,21 @@ def print_table(report: dict[str, Any]) -> None:
         f"issuer {ip['issuer_cpu_s'] * 1e3:.3f} ms -> efficiency {ip['issuer_efficiency']:.3f}; "
         f"BatchRunner 2/1 workers {ip['batch_runner']['ratio_2_to_1']:.2f}"
     )
-    if report["runs"]:
+    if report.get("points"):
+        print(f"per point: median over {report['points'][0]['repeats']} repeat(s)")
         print(
             f"{'workers':>7} {'conc':>5} {'certs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'srv ms/cert':>11} {'eff':>5} {'srv cores':>9} {'cli ms/flow':>11} {'busy':>5} err"
+            f"{'srv ms/cert':>11} {'(loop':>6} {'grpc':>5} {'other)':>6} {'eff':>5} "
+            f"{'srv cores':>9} {'cli ms/flow':>11} {'busy':>5} err"
         )
-    for r in report["runs"]:
+    for r in report.get("points", []):
+        by = r.get("server_cpu_per_cert_by_thread_s", {})
         print(
             f"{r['workers']:>7} {r['concurrency']:>5} {r['throughput_certs_per_s']:>8.1f} "
             f"{r['latency_p50_ms']:>7.2f} {r['latency_p99_ms']:>7.2f} "
-            f"{r['server_cpu_per_cert_s'] * 1e3:>11.3f} {r['efficiency']:>5.2f} "
+            f"{r['server_cpu_per_cert_s'] * 1e3:>11.3f} "
+            f"{by.get('main_event_loop', 0) * 1e3:>6.3f} {by.get('grpc_core_threads', 0) * 1e3:>5.3f} "
+            f"{by.get('other_python_threads', 0) * 1e3:>6.3f} {r['efficiency']:>5.2f} "
             f"{r['server_cores_used']:>9.2f} {r['client_cpu_per_flow_s'] * 1e3:>11.3f} "
             f"{r['machine_busy_cores']:>5.2f} {sum(r['errors'].values())}"
         )
@@ -616,6 +705,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64])
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="issuer pool sizes")
     p.add_argument("--clients", type=int, default=2, help="load processes (at most)")
+    p.add_argument("--repeat", type=int, default=1, help="repeat the sweep; medians reported")
     p.add_argument(
         "--rss-certs",
         type=int,
@@ -639,8 +729,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args(argv)
-    if a.duration <= 0 or a.warmup < 0 or a.clients < 1:
-        ap.error("--duration must be > 0, --warmup >= 0, --clients >= 1")
+    if a.duration <= 0 or a.warmup < 0 or a.clients < 1 or a.repeat < 1:
+        ap.error("--duration must be > 0, --warmup >= 0, --clients and --repeat >= 1")
     if a.rss_only and a.rss_certs <= 0:
         ap.error("--rss-only needs --rss-certs N")
     return a
@@ -696,26 +786,8 @@ def issuance(a: argparse.Namespace) -> int:
             dep = create_deployment(workdir / "mock-tee")
             print("measuring the primitive baseline in process ...", flush=True)
             report["inprocess"] = inprocess_figures(dep, a.baseline_rounds, 50)
-            for workers in [] if a.rss_only else a.workers:
-                proc, info = start_server(children, dep, workdir, workers)
-                try:
-                    asyncio.run(set_manifest(dep, info["user"]))
-                    for c in a.concurrency:
-                        print(f"workers={workers} concurrency={c} ...", flush=True)
-                        run = run_load(
-                            children,
-                            dep,
-                            proc,
-                            info["mesh"],
-                            concurrency=c,
-                            clients=a.clients,
-                            warmup=a.warmup,
-                            duration=a.duration,
-                        )
-                        run["workers"] = workers
-                        report["runs"].append(run)
-                finally:
-                    children.stop_server(proc)
+            if not a.rss_only:
+                report["runs"] = sweep(children, dep, workdir, a)
             report["summary"] = summarise(report)
             if a.rss_certs > 0:
                 workers = max(a.workers)

@@ -270,6 +270,39 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def proc_thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """utime + stime per thread of ``pid``: {tid: (thread name, seconds)}."""
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                raw = f.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+    return out
+
+
+def thread_groups(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds between two snapshots, grouped: the main (event loop) thread, threads named
+    by gRPC's C core, and the other Python threads (issuer workers and the gRPC poller)."""
+    groups: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        spent = seconds - before.get(tid, (name, 0.0))[1]
+        if tid == pid:
+            group = "main_event_loop"
+        elif name.startswith(("event_engine", "grpc", "lifeguard")):
+            group = "grpc_core_threads"
+        else:
+            group = "other_python_threads"
+        groups[group] = groups.get(group, 0.0) + spent
+    return groups
+
+
 def proc_status_kb(pid: int | str, name: str) -> int:
     """A ``kB`` line of /proc/<pid>/status (VmRSS, VmHWM, ...); pid may be "self"."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:

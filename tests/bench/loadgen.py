@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,10 +172,23 @@ async def _main(cfg: LoadConfig, counts: Any, go: Any, stop: Any, queue: Any) ->
 
 
 def run(cfg: LoadConfig, counts: Any, go: Any, stop: Any, queue: Any) -> None:
-    """Process entry point: always reports ("done", result) or ("failed", index, message)."""
+    """Process entry point: reports ("done", result) or ("failed", index, message), then exits
+    once the message is flushed, or at once if the harness is gone (nobody would read it)."""
+    parent = os.getppid()
+    msg: tuple[Any, ...]
     try:
-        result = asyncio.run(_main(cfg, counts, go, stop, queue))
+        msg = ("done", asyncio.run(_main(cfg, counts, go, stop, queue)))
     except BaseException as exc:
-        queue.put(("failed", cfg.index, f"{type(exc).__name__}: {exc}"))
+        msg = ("failed", cfg.index, f"{type(exc).__name__}: {exc}")
+    if os.getppid() != parent:
+        queue.cancel_join_thread()
         return
-    queue.put(("done", result))
+    queue.put(msg)
+    queue.close()
+    flusher = threading.Thread(target=queue.join_thread, daemon=True)
+    flusher.start()
+    while flusher.is_alive():
+        if os.getppid() != parent:
+            queue.cancel_join_thread()
+            return
+        flusher.join(0.2)

@@ -176,6 +176,11 @@ class CoordinatorProcess:
         self._proc = None
         self.addresses = None
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (a graceful stop: the member key is revoked)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
         proc = self._proc
@@ -277,8 +282,7 @@ class Cluster:
     def stop(self) -> None:
         """SIGTERM every coordinator at once, then wait for each."""
         for node in self.nodes:
-            if node.running and node._proc is not None:
-                node._proc.terminate()
+            node.terminate()
         for node in self.nodes:
             node.stop()
 
@@ -469,6 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{node.node_id:<13} user {node.user}  mesh {node.mesh}  http {node.http}"
                 f"  log {node.log_path}"
             )
+        first = cluster.nodes[0]
+        print(f"references    {mock_dir / 'reference-values.json'} (a manifest's ReferenceValues)")
+        print(
+            f"set manifest  .venv/bin/concord set -c {first.user} --trust-anchors mock:{mock_dir}"
+            f" --policy {cluster.policy_path} [more policies] --out DIR MANIFEST"
+        )
         print("Ctrl-C or SIGTERM stops everything.", flush=True)
         while not stop:
             for node in cluster.nodes:

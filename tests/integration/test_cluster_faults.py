@@ -117,6 +117,17 @@ async def attested_state(node: CoordinatorProcess, tee: MockTee) -> tuple[bytes,
 async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended(
     cluster: Cluster, mock_tee: MockTee, keys: Keys, store: EtcdStore
 ) -> None:
+    """An owner's SetManifest loop through random coordinators; 20 times a coordinator is
+    killed (SIGKILL) and restarted: every other time at a random moment, otherwise a few ms
+    into a SetManifest it is serving. The history stays one signed chain holding every
+    acknowledged update and no refused one, and a restarted coordinator recovers from its peers
+    on its own whenever a peer holds the latest state.
+
+    When the victim had just moved ``latest`` and no peer had copied the new state yet, the
+    new mesh key died with it (random per manifest, only ever handed to attested peers): then
+    nobody can serve ``latest`` and the deployment waits in recovery mode for a seed-share
+    owner, who is played here. That is the design's behaviour, not a failure; it is counted.
+    """
     nodes = cluster.start(3)
     first = await first_manifest(nodes, mock_tee, keys)
     policy = mock_tee.coordinator_policy()
@@ -124,6 +135,8 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
     unknown: set[bytes] = set()
     refused: set[bytes] = set()
     stop = asyncio.Event()
+    call_started = asyncio.Event()
+    target = [nodes[0]]  # the coordinator the writer's current call goes to
     channels: dict[tuple[str, int], Any] = {}
 
     async def channel(node: CoordinatorProcess) -> Any:
@@ -146,6 +159,8 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
             manifest = manifest_v(mock_tee, keys, f"k{n}")
             n += 1
             expected = transition_hash(hashlib.sha256(manifest).digest(), previous)
+            target[0] = node
+            call_started.set()
             try:
                 resp = await chan.user.SetManifest(
                     update_request(manifest, [WEB_POLICY], previous, keys.owner), timeout=10
@@ -179,8 +194,8 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
                 # The victim had just moved ``latest`` and died before any peer copied the
                 # new mesh key (it is random per manifest and never leaves a coordinator
                 # unsealed): no peer can recover anyone, which is what user recovery is for.
-                target = random.choice(nodes)
-                chan = await attested(target.user, policy)
+                owner_target = random.choice(nodes)
+                chan = await attested(owner_target.user, policy)
                 await chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare))
                 await chan.close()
                 await wait_status(nodes, ready=True, timeout=10)
@@ -191,11 +206,18 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
     seed, salt = open_seed_share(first.seed_share_document, keys.seedshare)
     writing = asyncio.create_task(writer())
     recover_times: list[float] = []
-    user_recoveries = 0
+    user_recoveries = unattended_random = 0
     try:
-        for _ in range(20):
-            await asyncio.sleep(random.uniform(0.05, 0.5))
-            victim = random.choice(nodes)
+        for k in range(20):
+            if k % 2:
+                # Cut a SetManifest: before, during or after its compare-and-swap.
+                call_started.clear()
+                await asyncio.wait_for(call_started.wait(), 10)
+                await asyncio.sleep(random.uniform(0, 0.03))
+                victim = target[0]
+            else:
+                await asyncio.sleep(random.uniform(0.05, 0.5))
+                victim = random.choice(nodes)
             victim.kill()
             await asyncio.to_thread(victim.start)
             took = await restarted_recovers(victim)
@@ -203,6 +225,7 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
                 user_recoveries += 1
             else:
                 recover_times.append(took)
+                unattended_random += k % 2 == 0
             assert not writing.done(), writing.exception()
     finally:
         stop.set()
@@ -233,12 +256,14 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
     assert not set(chain) & refused, "a refused update is in the history"
     states = {await attested_state(node, mock_tee) for node in nodes}
     assert len(states) == 1 and next(iter(states))[0] == latest
-    # Most kills hit a coordinator whose state a peer also held: recovered unattended.
-    assert len(recover_times) >= 12, f"only {len(recover_times)} of 20 recovered from peers"
+    # Every restart with a ready peer around recovered unattended (restarted_recovers checks).
+    # A cut SetManifest usually leaves none; a kill at a random moment usually does.
+    assert unattended_random >= 4, f"{unattended_random} of 10 random kills recovered unattended"
     print(
         f"{len(acked)} acknowledged, {len(unknown)} unknown, {len(refused)} refused updates; "
         f"history {len(chain)}; {len(recover_times)} restarts recovered from peers "
-        f"(max {max(recover_times):.2f}s), {user_recoveries} needed a seed-share owner"
+        f"(max {max(recover_times):.2f}s; {unattended_random} of the 10 random-moment kills), "
+        f"{user_recoveries} needed a seed-share owner"
     )
 
 
