@@ -12,10 +12,14 @@ readiness or transition changes; a crashed coordinator's key disappears with its
 come from these keys, preferring those that say they serve the store's ``latest``, then from the
 static ``--peer`` list. A member key is only a hint: nothing is trusted before attestation.
 
-Limit: the mesh key of a transition exists only in the memory of the coordinator that made it
-until a peer copies it (tens of milliseconds). If that coordinator dies in between, no peer can
-serve ``latest`` any more and the deployment stays in recovery mode until a seed-share owner
-recovers one coordinator (the others then recover from it).
+Orphaned transitions: the mesh key of a transition exists only in the memory of the coordinator
+that made it until a peer copies it (tens of milliseconds). If that coordinator dies in between,
+no peer can serve ``latest``. A stale coordinator that still holds the deployment seed (it signs
+``latest``) then re-keys the transition itself, like a user recovery with a new mesh key, but
+only when it is safe: no other live member has been ready for longer than a membership lease
+(so the maker is dead, not slow), the latest manifest admits this coordinator, and it won the
+``rekey/<transition>`` compare-and-swap (one re-keying coordinator per transition; a claim whose
+holder is no longer a member can be taken over). The others then recover from it as usual.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import ssl
 import uuid
@@ -73,6 +78,8 @@ MEMBER_WAIT = 0.25
 """How long to wait for a member to announce the store's ``latest`` before trying the others."""
 PROBE_TIMEOUT = 2.0
 """Bound on attesting one peer when deciding whether a ready peer exists (user recovery)."""
+ORPHAN_GRACE = MEMBER_TTL + 1.0
+"""How long no live member may be ready before a seed holder re-keys an orphaned ``latest``."""
 
 
 class PeerRecoveryFailed(Exception):
@@ -204,7 +211,9 @@ class PeerRecovery:
         self._publish_lock = asyncio.Lock()
         self.attempts = 0
         self.recoveries = 0
+        self.rekeys = 0
         self._idle_logged = False
+        self._orphaned: tuple[bytes, float] | None = None
 
     @classmethod
     def create(cls, server: CoordinatorServer, anchors: TrustAnchors) -> PeerRecovery | None:
@@ -411,6 +420,8 @@ class PeerRecovery:
         self.attempts += 1
         candidates = await self._candidates(latest.transition_hash)
         if not candidates:
+            if await self._rekey_if_orphaned(latest):
+                return True
             if not self._idle_logged:
                 log.warning(
                     "no ready peer to recover from; waiting for one "
@@ -438,7 +449,77 @@ class PeerRecovery:
                 self.recoveries += 1
                 self.server.metrics.recoveries.labels("peer").inc()
                 return True
-        return False
+        return await self._rekey_if_orphaned(latest)
+
+    async def _rekey_if_orphaned(self, latest: SignedLatest) -> bool:
+        """Re-key ``latest`` with our own seed when its maker died before handing its mesh key
+        to anyone (see the module docstring for when this is safe). True when we did."""
+        guard, coord = self.server.guard, self.server.coord
+        assert guard is not None and coord is not None
+        old = guard.current()
+        if not self.membership or old is None:
+            return False  # no seed here, or no membership to tell a dead maker from a slow one
+        members = {
+            k: m
+            for k, v in (await self._list_members()).items()
+            if k != self.node_id and (m := Member.decode(k, v)) is not None
+        }
+        now = asyncio.get_running_loop().time()
+        if any(m.ready for m in members.values()):
+            self._orphaned = None
+            return False
+        if self._orphaned is None or self._orphaned[0] != latest.transition_hash:
+            self._orphaned = (latest.transition_hash, now)
+            return False
+        if now - self._orphaned[1] < ORPHAN_GRACE:
+            return False
+        try:
+            latest.verify(old.seed_engine.history_signing_key.public_key())
+        except Exception:
+            return False  # another seed: only its owners can help
+        manifest = await self._manifest_for(latest)
+        if not await self._admitted_by(manifest):
+            log.warning("orphaned transition: the latest manifest does not admit this coordinator")
+            return False
+        claim = f"rekey/{latest.transition_hash.hex()}"
+        store: Any = self.server.store
+        try:
+            holder = await store.get(claim) if await store.has(claim) else b""
+            if holder and holder.decode(errors="replace") in members:
+                return False  # a live member is re-keying it: recover from it afterwards
+            await store.compare_and_swap(claim, holder, self.node_id.encode())
+        except ConcurrentUpdate:
+            return False
+
+        async def authorize(m: Manifest) -> tuple[SeedEngine, None]:
+            if m.digest != manifest.digest:
+                raise ConcurrentUpdate("the history moved during re-keying")
+            return old.seed_engine, None
+
+        await guard.reset_state(old, authorize)
+        self.rekeys += 1
+        self.server.metrics.recoveries.labels("rekey").inc()
+        log.warning(
+            "re-keyed orphaned transition %s: its mesh key was lost with the coordinator that "
+            "made it; new mesh CA issued",
+            latest.transition_hash.hex()[:16],
+        )
+        return True
+
+    async def _admitted_by(self, manifest: Manifest) -> bool:
+        coord = self.server.coord
+        assert coord is not None
+        report_data = os.urandom(64)
+        try:
+            verified = coord.verifier.verify(
+                await coord.evidence(report_data),
+                manifest.reference_values,
+                report_data,
+                coord.clock(),
+            )
+        except EvidenceRejected:
+            return False
+        return verified.policy_hash == manifest.coordinator_policy_hash
 
     async def recover_from(self, peer: str) -> None:
         """Recover from one given peer (mesh address) now, whatever the loop is doing.
