@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from coordinator.manifest import Manifest
 from coordinator.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, generate_keypair, open_sealed
 from coordinator.seedengine import SeedEngine
 from coordinator.state import ConcurrentUpdate, NotInitialized, RecoveryRejected
-from coordinator.tlsid import SERVER_NAME
 
 if TYPE_CHECKING:
     from coordinator.server import CoordinatorServer
@@ -164,34 +162,6 @@ def backoff_delay(attempt: int, rand: Callable[[float, float], float] = random.u
     with full jitter down to half, so coordinators that failed together do not retry together."""
     base = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** max(0, min(attempt - 1, 16)))
     return base * rand(0.5, 1.0)
-
-
-async def fetch_certificate(address: str, timeout: float) -> bytes:
-    """The peer's TLS certificate (DER, unverified: attestation decides).
-
-    The connection is aborted rather than closed: a close_notify sent before the gRPC server
-    wrote anything is never answered, and a graceful close would wait out the SSL shutdown
-    timeout (30 s) on every recovery.
-    """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PeerRecoveryFailed(f"peer address must be HOST:PORT, got {address!r}")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["h2"])
-    _, writer = await asyncio.wait_for(
-        asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=SERVER_NAME),
-        timeout,
-    )
-    try:
-        sslobj = writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        if not der:
-            raise AttestationFailed("peer presented no certificate")
-        return bytes(der)
-    finally:
-        writer.transport.abort()
 
 
 class PeerRecovery:
@@ -373,7 +343,9 @@ class PeerRecovery:
         )
         for peer in ordered:
             try:
-                async with await self._connect(peer, policy, PROBE_TIMEOUT) as chan:
+                async with await AttestedChannel.connect(
+                    peer, policy, timeout=PROBE_TIMEOUT
+                ) as chan:
                     if chan.attestation.latest_transition_hash == latest.transition_hash:
                         return True
             except asyncio.CancelledError:
@@ -551,13 +523,6 @@ class PeerRecovery:
         transition = await guard.history.get_transition(latest.transition_hash)
         return Manifest.parse(await guard.history.get_manifest(transition.manifest_hash))
 
-    @staticmethod
-    async def _connect(peer: str, policy: CoordinatorPolicy, timeout: float) -> AttestedChannel:
-        pinned = await fetch_certificate(peer, timeout)
-        return await AttestedChannel.connect(
-            peer, policy, timeout=timeout, pinned_certificate=pinned
-        )
-
     async def _recover_from(self, peer: str, latest: SignedLatest) -> None:
         server = self.server
         guard, coord = server.guard, server.coord
@@ -568,7 +533,7 @@ class PeerRecovery:
         policy = CoordinatorPolicy(
             self.anchors, manifest.reference_values, manifest.coordinator_policy_hash
         )
-        async with await self._connect(peer, policy, PEER_TIMEOUT) as chan:
+        async with await AttestedChannel.connect(peer, policy, timeout=PEER_TIMEOUT) as chan:
             if chan.attestation.latest_transition_hash != latest_hash:
                 raise PeerRecoveryFailed("peer does not serve the store's latest transition")
             token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=PEER_TIMEOUT)).token
