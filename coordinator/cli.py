@@ -419,6 +419,15 @@ def _add_anchors(p: argparse.ArgumentParser, default: str | None = DEFAULT_TRUST
     )
 
 
+def _add_tdx_collateral(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tdx-collateral",
+        metavar="FILE",
+        help="TDX only (--tee tsm): TCB info / QE identity / CRLs as JSON (dcap-qvl layout), "
+        "attached to the evidence; verifiers require collateral for TDX",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -441,12 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
-    p.add_argument(
-        "--tdx-collateral",
-        metavar="FILE",
-        help="TDX only (--tee tsm): TCB info / QE identity / CRLs as JSON (dcap-qvl layout), "
-        "attached to the evidence; verifiers require collateral for TDX",
-    )
+    _add_tdx_collateral(p)
     p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
     _add_anchors(p)
     p.add_argument("--user-addr", default="0.0.0.0:1313", metavar="HOST:PORT")
@@ -531,12 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_client(p, user_port=False)
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy this mock CVM runs")
-    p.add_argument(
-        "--tdx-collateral",
-        metavar="FILE",
-        help="TDX only (--tee tsm): TCB info / QE identity / CRLs as JSON (dcap-qvl layout), "
-        "attached to the evidence; verifiers require collateral for TDX",
-    )
+    _add_tdx_collateral(p)
     p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
     _add_anchors(p, default=None)
     p.add_argument(
