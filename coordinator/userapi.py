@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives import serialization
 
+from attestation.cache import BoundedCache
 from attestation.errors import EvidenceRejected
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
@@ -35,6 +36,9 @@ class UserService(pb_grpc.UserAPIServicer):
     def __init__(self, coord: Coordinator) -> None:
         self.coord = coord
         self._manifests_cache: tuple[State, pb.GetManifestsResponse] | None = None
+        # Policy hashes per manifest digest: manifests are immutable, so a history walk after an
+        # update parses only the manifests it has not seen before.
+        self._policy_hashes: BoundedCache[bytes, tuple[str, ...]] = BoundedCache(100_000)
 
     async def _state_or_none(self) -> State | None:
         try:
@@ -144,8 +148,12 @@ class UserService(pb_grpc.UserAPIServicer):
         chain = await history.walk(state.transition.hash)
         manifests = [await history.get_manifest(t.manifest_hash) for t in chain]
         policy_hashes: dict[str, None] = {}
-        for raw in manifests:
-            for h in Manifest.parse(raw).policies:
+        for transition, raw in zip(chain, manifests, strict=True):
+            hashes = self._policy_hashes.get(transition.manifest_hash)
+            if hashes is None:
+                hashes = tuple(Manifest.parse(raw).policies)
+                self._policy_hashes.put(transition.manifest_hash, hashes)
+            for h in hashes:
                 policy_hashes.setdefault(h, None)
         policies = [await history.get_policy(bytes.fromhex(h)) for h in policy_hashes]
         signing_pub = state.seed_engine.history_signing_key.public_key().public_bytes(

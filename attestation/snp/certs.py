@@ -10,6 +10,7 @@ the ARK DER); a hit still re-checks validity at ``now`` and the CRLs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -362,7 +363,9 @@ def _check_validity(windows: Sequence[_Window], now: datetime) -> None:
             raise CertificateExpired(f"{w.name}: expired at {w.not_after.isoformat()}")
 
 
+@functools.lru_cache(maxsize=256)
 def _der(cert: x509.Certificate) -> bytes:
+    """DER of a certificate, memoised: the pinned roots are encoded on every request."""
     return cert.public_bytes(serialization.Encoding.DER)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -403,7 +404,9 @@ def window_of(cert: x509.Certificate) -> tuple[datetime, datetime]:
     return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
+@functools.lru_cache(maxsize=256)
 def der_of(cert: x509.Certificate) -> bytes:
+    """DER of a certificate, memoised: the pinned roots are encoded on every request."""
     return cert.public_bytes(serialization.Encoding.DER)
 
 

@@ -4,8 +4,8 @@ Three ways to answer, measured in the same test:
 
 - naive walk: the same servicer over a History with no blob cache (every transition, manifest
   and policy read from the store and re-hashed) - the baseline;
-- cached-blob walk: the servicer on a fresh UserService (no per-State response yet) over the
-  History whose verified-blob cache is warm, i.e. the first call after a State is installed;
+- cached-blob walk: the first call after a State change (no per-State response yet) on a
+  UserService whose History blob cache and per-manifest policy hashes are warm;
 - per-State response: repeated calls on one UserService and one State (what a client polling
   GetManifests sees).
 
@@ -135,28 +135,6 @@ def check_response(d: Deployment, state: State, resp: pb.GetManifestsResponse) -
     assert previous == resp.latest_transition_hash
 
 
-async def walk_without_reparse(
-    history: History, state: State, memo: dict[bytes, tuple[str, ...]]
-) -> tuple[list[bytes], list[bytes]]:
-    """Reference for a proposed UserService change: the same walk, with the policy hashes of
-    each (immutable, content-addressed) manifest remembered by digest instead of re-parsing
-    every manifest on every call. Measured only, to size the gain."""
-    chain = await history.walk(state.transition.hash)
-    manifests: list[bytes] = []
-    policy_hashes: dict[str, None] = {}
-    for t in chain:
-        raw = await history.get_manifest(t.manifest_hash)
-        manifests.append(raw)
-        hashes = memo.get(t.manifest_hash)
-        if hashes is None:
-            hashes = tuple(Manifest.parse(raw).policies)
-            memo[t.manifest_hash] = hashes
-        for h in hashes:
-            policy_hashes.setdefault(h, None)
-    policies = [await history.get_policy(bytes.fromhex(h)) for h in policy_hashes]
-    return manifests, policies
-
-
 def timed(calls: int, make: Any) -> tuple[list[float], Any]:
     """Wall seconds of ``calls`` GetManifests answers; ``make`` returns the coroutine to run."""
     times: list[float] = []
@@ -190,20 +168,22 @@ def test_get_manifests_1000(benchmark: Any, deployment: Deployment) -> None:
         )
         check_response(d, naive_state, resp)
 
-        # Cached blobs: one History whose cache the first walk filled; a fresh UserService per
-        # call, so no per-State response is reused.
+        # First call after a State change: one UserService over one History whose blob cache
+        # the first walk filled; the per-State response is dropped before every call, as an
+        # update or a recovery drops it (the per-manifest policy hashes survive, manifests being
+        # immutable).
         warm = History(d.store)
         svc, state, r = asyncio.run(d.service(warm))
         runners.append(r)
-        walk_times, resp = timed(calls, lambda: UserService(svc.coord).GetManifests(request, ctx))
+
+        def after_state_change() -> Any:
+            svc._manifests_cache = None
+            return svc.GetManifests(request, ctx)
+
+        walk_times, resp = timed(calls + 1, after_state_change)
+        walk_times = walk_times[1:]  # the very first call also fills the caches
         check_response(d, state, resp)
         assert len(warm.cache) >= 2 * HISTORY_LENGTH
-
-        # Proposed: cached blobs and remembered policy hashes (see walk_without_reparse).
-        memo: dict[bytes, tuple[str, ...]] = {}
-        memo_times, memo_resp = timed(calls + 1, lambda: walk_without_reparse(warm, state, memo))
-        memo_times = memo_times[1:]  # the first call fills the memo
-        assert memo_resp[0] == d.manifests
 
         # Per-State response: one UserService, repeated calls.
         hit_times, hit = timed(
@@ -218,7 +198,6 @@ def test_get_manifests_1000(benchmark: Any, deployment: Deployment) -> None:
         ("naive_walk", naive_times),
         ("cached_blob_walk", walk_times),
         ("per_state_response", hit_times),
-        ("proposed_walk_without_reparse", memo_times),
     ):
         results[name] = {
             "p50_ms": percentile(times, 50) * 1e3,
@@ -230,15 +209,17 @@ def test_get_manifests_1000(benchmark: Any, deployment: Deployment) -> None:
         f"\nGetManifests, {HISTORY_LENGTH} manifests: "
         + ", ".join(f"{k} p50 {v['p50_ms']:.2f} ms" for k, v in results.items())
     )
-    # What a client calling GetManifests sees on an unchanged State.
+    # The first answer after a State change (the expensive one) and any later one.
+    assert results["cached_blob_walk"]["p50_ms"] <= P50_TARGET_S * 1e3, results
     assert results["per_state_response"]["p50_ms"] <= P50_TARGET_S * 1e3, results
-    # The blob cache must pay for itself against re-reading and re-hashing everything.
+    # The caches must pay for themselves against re-reading and re-hashing everything.
     assert results["cached_blob_walk"]["p50_ms"] <= results["naive_walk"]["p50_ms"], results
-    benchmark.pedantic(
-        lambda: asyncio.run(UserService(svc.coord).GetManifests(request, ctx)),
-        rounds=calls,
-        iterations=1,
-    )
+
+    def after_change() -> None:
+        svc._manifests_cache = None
+        asyncio.run(svc.GetManifests(request, ctx))
+
+    benchmark.pedantic(after_change, rounds=calls, iterations=1)
 
 
 def test_get_manifests_after_state_change_refreshes(deployment: Deployment) -> None:
