@@ -4,12 +4,12 @@ ephemeral identity), probes and metrics, peer recovery, graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,20 +217,31 @@ class CoordinatorServer:
         return 200, "text/plain; version=0.0.4", self.metrics.render()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving first, then background work, membership, probes and the store. Every
+        step is bounded: a stuck dependency must not keep the process from exiting."""
+        stops = [s.stop(grace) for s in self._grpc]
+        await _bounded("gRPC servers", asyncio.gather(*stops, return_exceptions=True), grace + 5)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await _bounded("background tasks", asyncio.wait(self._tasks), 5)
         if self._recovery is not None:
-            await self._recovery.stop()
-        await asyncio.gather(*(s.stop(grace) for s in self._grpc), return_exceptions=True)
+            await _bounded("membership", self._recovery.stop(), 5)
         if self._probes is not None:
-            await self._probes.stop()
+            await _bounded("probes", self._probes.stop(), 3)
         if self.coord is not None:
             self.coord.runner.close()
         if self.store is not None:
-            await self.store.close()
+            await _bounded("store", self.store.close(), 10)
+
+
+async def _bounded(what: str, step: Awaitable[Any], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.error("shutdown: %s did not stop within %.0f s; going on", what, timeout)
+    except Exception as exc:
+        log.warning("shutdown: %s failed: %s", what, type(exc).__name__)
 
 
 class JsonLogFormatter(logging.Formatter):
