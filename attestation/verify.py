@@ -17,6 +17,9 @@ from attestation.cache import BoundedCache
 from attestation.errors import MalformedEvidence, PolicyViolation
 from attestation.evidence import Evidence
 from attestation.reference import ReferenceValues, SnpReference, TdxReference
+from attestation.snp.verify import verify_snp
+from attestation.tdx.collateral import TdxCollateral
+from attestation.tdx.verify import verify_tdx
 
 
 class PolicyHashNotBound(PolicyViolation):
@@ -67,8 +70,6 @@ class Verifier:
         report_data: bytes | None,
         now: datetime,
     ) -> VerifiedEvidence:
-        from attestation.snp.verify import verify_snp
-
         res = verify_snp(
             ev.report,
             ev.certs,
@@ -96,9 +97,6 @@ class Verifier:
         report_data: bytes | None,
         now: datetime,
     ) -> VerifiedEvidence:
-        from attestation.tdx.collateral import TdxCollateral
-        from attestation.tdx.verify import verify_tdx
-
         collateral = TdxCollateral.from_cbor_map(dict(ev.collateral)) if ev.collateral else None
         res = verify_tdx(
             ev.report,
