@@ -4,13 +4,19 @@ Verifiers key entries by a SHA-256 over every DER involved *and* the trust ancho
 to, and store what the next verification needs (parsed public key, validity window, decoded
 extensions). Validity against ``now`` is re-checked on every hit: a cached entry says "this chain
 is correctly signed", never "this chain is valid today".
+
+:func:`der_of` memoises the DER of the pinned roots, which every cache key includes.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -47,3 +53,9 @@ class BoundedCache(Generic[K, V]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._data)
+
+
+@functools.lru_cache(maxsize=256)
+def der_of(cert: x509.Certificate) -> bytes:
+    """DER of a certificate, memoised: the pinned roots are encoded on every request."""
+    return cert.public_bytes(serialization.Encoding.DER)

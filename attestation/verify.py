@@ -1,7 +1,7 @@
 """One entry point for both TEEs: envelope in, typed result or typed rejection out.
 
 Pure: no fetching, no clock of its own (``now`` is an argument), no global state except the
-bounded caches a :class:`Verifier` owns. The coordinator and the client both use it, and so does
+bounded caches a :class:`Verifier` owns (and :func:`attestation.cache.der_of`'s memo of root DER). The coordinator and the client both use it, and so does
 ``concord evidence verify``; mock and real evidence run the same code, only the anchors differ.
 """
 

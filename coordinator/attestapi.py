@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from attestation.binding import attest_report_data, state_digest
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.challenge import issue_token
 from coordinator.rpc import NONCE_SIZE, Coordinator, require_size, rpc
-
-
-def _der(cert: Any) -> bytes:
-    return bytes(cert.public_bytes(serialization.Encoding.DER))
 
 
 class AttestationService(pb_grpc.AttestationServicer):
@@ -31,7 +25,7 @@ class AttestationService(pb_grpc.AttestationServicer):
             latest = root_pem = mesh_pem = b""
         else:
             ca = state.ca
-            digest = state_digest(state.transition.hash, _der(ca.root_cert), _der(ca.mesh_ca_cert))
+            digest = state_digest(state.transition.hash, ca.root_der, ca.mesh_ca_der)
             latest, root_pem, mesh_pem = state.transition.hash, ca.root_pem, ca.mesh_ca_pem
         report_data = attest_report_data(self.coord.tls_spki, self.coord.hpke_public, nonce, digest)
         evidence = await self.coord.evidence(report_data)

@@ -26,7 +26,7 @@ from attestation.reference import ReferenceValues
 from attestation.verify import VerifiedEvidence, Verifier
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.rpc import MAX_MESSAGE
+from coordinator.rpc import MAX_MESSAGE, split_address
 from coordinator.tlsid import SERVER_NAME
 
 NONCE_SIZE = 32
@@ -49,16 +49,9 @@ class CoordinatorPolicy:
     policy_hash: bytes | None
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"coordinator address must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
 async def fetch_certificate(address: str, timeout: float = 10.0) -> bytes:
     """The DER certificate the server presents, unverified: trust comes from attestation."""
-    host, port = split_address(address)
+    host, port = split_address(address, "coordinator address")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

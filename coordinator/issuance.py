@@ -38,6 +38,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_SPKI = 2048
+LEAF_REUSE = timedelta(hours=1)
+"""How long a leaf issued for a key and its attested claims may be handed out again."""
 _SHA384 = hashes.SHA384()
 
 
@@ -236,16 +238,17 @@ class Issuer:
         self._root_ca_pem = ca.root_pem
         self._challenge_key = state.seed_engine.challenge_key
         self._transition = state.transition.hash
-        self._leaves: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(cache_size)
+        # Repeated requests for the same key with the same attested claims may get the same
+        # leaf back, but only while it is young: a cached leaf never outlives LEAF_REUSE.
+        self._leaves: BoundedCache[tuple[bytes, ...], tuple[datetime, bytes]] = BoundedCache(
+            cache_size
+        )
         # Leaf builders with every request-independent field set (subject, SANs, claims), per
         # policy and attested platform; only key, serial and validity change per request.
         self._templates: BoundedCache[tuple[bytes, str, bytes, bytes], x509.CertificateBuilder] = (
             BoundedCache(256)
         )
         self._mesh_key = ca.mesh_key
-
-    def policy(self, policy_hash: bytes) -> PolicyEntry | None:
-        return self._policies.get(policy_hash)
 
     def issue(self, req: IssueRequest) -> IssuedCertificate:
         """Synchronous and thread-safe: runs inside the pool."""
@@ -256,13 +259,21 @@ class Issuer:
         entry = self._policies.get(verified.policy_hash)
         if entry is None:
             raise PolicyNotInManifest(verified.policy_hash)
-        cache_key = (req.leaf_spki, verified.policy_hash)
-        leaf_pem = self._leaves.get(cache_key)
-        if leaf_pem is None:
+        cache_key = (
+            req.leaf_spki,
+            verified.policy_hash,
+            verified.tee.encode(),
+            verified.measurement,
+            verified.tcb,
+        )
+        cached = self._leaves.get(cache_key)
+        if cached is not None and timedelta(0) <= req.now - cached[0] < LEAF_REUSE:
+            leaf_pem = cached[1]
+        else:
             leaf_pem = self._sign_leaf(key, entry, verified, req.now).public_bytes(
                 serialization.Encoding.PEM
             )
-            self._leaves.put(cache_key, leaf_pem)
+            self._leaves.put(cache_key, (req.now, leaf_pem))
         sealed = b""
         if entry.workload_secret_id:
             sealed = seal(
@@ -322,7 +333,3 @@ def leaf_template(cert: x509.Certificate) -> x509.CertificateBuilder:
     for ext in cert.extensions:
         builder = builder.add_extension(ext.value, critical=ext.critical)
     return builder
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -60,8 +60,9 @@ class Coordinator:
     ready_peer_exists: Callable[[], Awaitable[bool]] | None = None
     _issuer: Issuer | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def hpke_public(self) -> bytes:
+        """Raw X25519 public key, derived once (every Attest binds and returns it)."""
         return self.hpke_private.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -176,6 +177,14 @@ def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def split_address(address: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts may be bracketed) into host and port; ValueError otherwise."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{what} must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
 
 
 def require_size(value: bytes, size: int, field_name: str) -> bytes:

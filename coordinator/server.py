@@ -26,7 +26,7 @@ from coordinator.issuance import BatchRunner
 from coordinator.meshapi import MeshService, _issue
 from coordinator.metrics import Metrics
 from coordinator.probes import ProbeServer
-from coordinator.rpc import MAX_MESSAGE, Coordinator
+from coordinator.rpc import MAX_MESSAGE, Coordinator, split_address
 from coordinator.sealing import generate_keypair
 from coordinator.state import Guard, State
 from coordinator.store import open_store
@@ -97,13 +97,6 @@ def watch_backoff(attempt: int) -> float:
     return min(1.0, 0.1 * 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address must be HOST:PORT, got {addr!r}")
-    return host.strip("[]"), int(port)
-
-
 class CoordinatorServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -146,7 +139,7 @@ class CoordinatorServer:
                 pb_grpc.add_UserAPIServicer_to_server(UserService(self.coord), server)
             else:
                 pb_grpc.add_MeshAPIServicer_to_server(MeshService(self.coord), server)
-            host, _ = _split_addr(addr)
+            host, _ = split_address(addr)
             port = server.add_secure_port(addr, creds)
             if port == 0:
                 raise OSError(f"cannot listen on {addr}")
@@ -161,7 +154,7 @@ class CoordinatorServer:
                 "/metrics": self._metrics,
             }
         )
-        host, port = _split_addr(cfg.http_addr)
+        host, port = split_address(cfg.http_addr)
         self.addresses["http"] = f"{host}:{await self._probes.start(host, port)}"
         self._tasks.append(asyncio.create_task(self.guard.watch_history(), name="watch-history"))
         from coordinator.recovery import PeerRecovery

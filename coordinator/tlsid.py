@@ -3,7 +3,7 @@ start. Clients trust it only after the attestation binds its public key (DESIGN 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -16,7 +16,7 @@ SERVER_NAME = "concord-coordinator"
 
 @dataclass(frozen=True)
 class TlsIdentity:
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # the private key: never in a log line
     cert_pem: bytes
     spki_der: bytes
 

@@ -10,7 +10,6 @@ the ARK DER); a hit still re-checks validity at ``now`` and the CRLs.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,12 +18,12 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from attestation.anchors import AmdRoots, TrustAnchors
-from attestation.cache import BoundedCache
+from attestation.cache import BoundedCache, der_of
 from attestation.errors import (
     CertificateExpired,
     CertificateExtensionInvalid,
@@ -363,16 +362,10 @@ def _check_validity(windows: Sequence[_Window], now: datetime) -> None:
             raise CertificateExpired(f"{w.name}: expired at {w.not_after.isoformat()}")
 
 
-@functools.lru_cache(maxsize=256)
-def _der(cert: x509.Certificate) -> bytes:
-    """DER of a certificate, memoised: the pinned roots are encoded on every request."""
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 def _check_extras(extras: Sequence[bytes], roots: AmdRoots) -> None:
     """Evidence-supplied ASK/ASVK/ARK must be the pinned ones; other extras are ignored."""
     pinned = [c for c in (roots.ark, roots.ask, roots.asvk) if c is not None]
-    pinned_der = {_der(c) for c in pinned}
+    pinned_der = {der_of(c) for c in pinned}
     for i, der in enumerate(extras, start=1):
         if bytes(der) in pinned_der:
             continue
@@ -417,7 +410,7 @@ def _check_crls(crls: Sequence[bytes], key: VerifiedKey, now: datetime) -> None:
 
 
 def _cache_key(leaf_der: bytes, ark: x509.Certificate) -> bytes:
-    return hashlib.sha256(bytes(leaf_der) + _der(ark)).digest()
+    return hashlib.sha256(bytes(leaf_der) + der_of(ark)).digest()
 
 
 def _verify_uncached(

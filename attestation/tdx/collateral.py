@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.anchors import TrustAnchors
-from attestation.cache import BoundedCache
+from attestation.cache import BoundedCache, der_of
 from attestation.errors import (
     CertificateRevoked,
     CollateralExpired,
@@ -48,7 +48,6 @@ from attestation.tdx.pck import (
     SignerChain,
     check_aware,
     check_window,
-    der_of,
     split_pem_certificates,
     verify_signer_chain,
 )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -28,12 +27,12 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from attestation.anchors import TrustAnchors
-from attestation.cache import BoundedCache
+from attestation.cache import BoundedCache, der_of
 from attestation.errors import (
     CertificateExpired,
     CertificateExtensionInvalid,
@@ -402,12 +401,6 @@ def check_window(window: tuple[datetime, datetime], now: datetime, where: str) -
 
 def window_of(cert: x509.Certificate) -> tuple[datetime, datetime]:
     return cert.not_valid_before_utc, cert.not_valid_after_utc
-
-
-@functools.lru_cache(maxsize=256)
-def der_of(cert: x509.Certificate) -> bytes:
-    """DER of a certificate, memoised: the pinned roots are encoded on every request."""
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def check_aware(now: datetime) -> None:

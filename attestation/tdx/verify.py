@@ -59,10 +59,13 @@ class TdxVerified:
     advisory_ids: tuple[str, ...] = ()
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
 def _ecdsa_verify(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"))
     try:
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        key.verify(der, data, _ECDSA_SHA256)
     except InvalidSignature:
         return False
     return True

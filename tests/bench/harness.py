@@ -129,9 +129,12 @@ class RequestFactory:
         self._key = state.seed_engine.challenge_key
         self._transition = state.transition.hash
 
-    def make(self, now: datetime | None = None) -> PreparedRequest:
+    def make(
+        self, now: datetime | None = None, leaf: ec.EllipticCurvePublicKey | None = None
+    ) -> PreparedRequest:
+        """A request at ``now``; for ``leaf`` (a fresh key unless given)."""
         now = now or datetime.now(UTC)
-        leaf = ec.generate_private_key(ec.SECP256R1()).public_key()
+        leaf = leaf or ec.generate_private_key(ec.SECP256R1()).public_key()
         spki = leaf.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

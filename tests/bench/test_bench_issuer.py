@@ -23,7 +23,7 @@ from attestation.errors import ReportDataMismatch
 from attestation.verify import Verifier
 from coordinator.ca import leaf_claims
 from coordinator.challenge import TokenExpired, TokenWrongTransition, issue_token
-from coordinator.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
+from coordinator.issuance import LEAF_REUSE, BatchRunner, IssuedCertificate, Issuer, IssueRequest
 from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
 from coordinator.state import State
 from tests.bench.harness import (
@@ -199,6 +199,21 @@ def test_issuer_repeat_returns_cached_leaf(
     assert second.chain_pem == first.chain_pem
     assert second.sealed_workload_secret != first.sealed_workload_secret
     check_issued(state, p, second)
+
+
+def test_issuer_reissues_after_reuse_window(
+    state: State, issuer: Issuer, factory: RequestFactory
+) -> None:
+    """A cached leaf is only handed out again while young; later the same key gets a new one."""
+    first = factory.make()
+    again = factory.make(now=first.request.now + LEAF_REUSE / 2, leaf=first.leaf_public_key)
+    later = factory.make(
+        now=first.request.now + LEAF_REUSE + timedelta(seconds=1), leaf=first.leaf_public_key
+    )
+    a, b, c = (issuer.issue(p.request) for p in (first, again, later))
+    assert a.chain_pem == b.chain_pem
+    assert c.chain_pem != a.chain_pem
+    check_issued(state, later, c)
 
 
 @pytest.fixture
