@@ -145,7 +145,7 @@ class CoordinatorServer:
                 raise OSError(f"cannot listen on {addr}")
             await server.start()
             self._grpc.append(server)
-            self.addresses[name] = f"{host}:{port}"
+            self.addresses[name] = _join_addr(host, port)
         self._probes = ProbeServer(
             {
                 "/healthz": self._healthz,
@@ -155,7 +155,7 @@ class CoordinatorServer:
             }
         )
         host, port = split_address(cfg.http_addr)
-        self.addresses["http"] = f"{host}:{await self._probes.start(host, port)}"
+        self.addresses["http"] = _join_addr(host, await self._probes.start(host, port))
         self._tasks.append(asyncio.create_task(self.guard.watch_history(), name="watch-history"))
         from coordinator.recovery import PeerRecovery
 
@@ -226,6 +226,11 @@ class CoordinatorServer:
             self.coord.runner.close()
         if self.store is not None:
             await _bounded("store", self.store.close(), 10)
+
+
+def _join_addr(host: str, port: int) -> str:
+    """HOST:PORT with IPv6 literals bracketed, as every client of these addresses parses them."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _bounded(what: str, step: Awaitable[Any], timeout: float) -> None:
