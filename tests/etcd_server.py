@@ -49,6 +49,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM a running child, SIGKILL it if it is still there after ``timeout`` seconds, and
+    reap it (shared with the coordinator processes of ``tests/integration/cluster_helpers``)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class EtcdError(RuntimeError):
     """etcd could not be found or did not come up; the message points at its log."""
 
@@ -209,12 +220,7 @@ class EtcdServer:
         if proc.poll() is None:
             if self._paused:
                 proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout)
         self._proc = None
         self._paused = False
 

@@ -8,7 +8,8 @@ addresses are learnt. Slots keep their node id across restarts (``c0``, ``c1``, 
 restarted coordinator takes over its own membership key. Every process started here is stopped
 at interpreter exit at the latest.
 
-No pytest imports: ``hack/cluster`` runs ``python -m tests.integration.cluster_helpers``.
+No pytest imports (the helpers for test modules import service_helpers lazily): ``hack/cluster``
+runs ``python -m tests.integration.cluster_helpers``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tests.etcd_server import stop_process
+
+if TYPE_CHECKING:
+    from tests.integration.service_helpers import Keys, MockTee
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,12 +193,7 @@ class CoordinatorProcess:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout)
         self._proc = None
         self.addresses = None
         return proc.returncode
@@ -556,3 +557,33 @@ def check_history(resp: Any) -> list[bytes]:
         key  # type: ignore[arg-type]
     )
     return chain
+
+
+def manifest_v(tee: MockTee, keys: Keys, version: str) -> bytes:
+    """A manifest that differs from every other version only in the web workload's SANs."""
+    from tests.integration.service_helpers import (
+        DB_POLICY,
+        WEB_ENTRY,
+        WEB_POLICY,
+        manifest_bytes,
+        manifest_dict,
+    )
+
+    entry = dict(WEB_ENTRY, SANs=[f"web-{version}", "web.default.svc"])
+    return manifest_bytes(
+        manifest_dict(
+            tee,
+            workloads={WEB_POLICY: entry, DB_POLICY: {}},
+            owners=[keys.owner],
+            seedshare=[keys.seedshare],
+        )
+    )
+
+
+async def attested_state(address: str, tee: MockTee) -> tuple[bytes, bytes, bytes]:
+    """(latest transition, root CA PEM, mesh CA PEM) as the coordinator at ``address`` attests
+    them."""
+    chan = await attested(address, tee.coordinator_policy())
+    await chan.close()
+    att = chan.attestation
+    return att.latest_transition_hash, att.root_ca_pem, att.mesh_ca_pem

@@ -1,13 +1,21 @@
-"""Integration fixtures: a real etcd per test module, a fresh deployment name per test."""
+"""Integration fixtures: a real etcd per test module, a fresh deployment name per test, and
+for the cluster tests a coordinator cluster and the test's own store view of that deployment."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from coordinator.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer, find_etcd
+from tests.integration.cluster_helpers import Cluster, running_cluster
+
+if TYPE_CHECKING:
+    from tests.integration.service_helpers import MockTee
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +51,25 @@ def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
 def deployment() -> str:
     """A deployment name no other test uses, so tests sharing one etcd never collide."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def cluster(
+    etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
+) -> Iterator[Cluster]:
+    """Coordinator slots on the test's deployment (none started yet), stopped at teardown.
+
+    ``mock_tee`` comes from the test module (imported there from service_helpers)."""
+    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
+        yield c
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer, deployment: str) -> AsyncIterator[EtcdStore]:
+    """The test's own view of the deployment's keys (modules with their own ``store`` override
+    this one)."""
+    s = await EtcdStore.connect([etcd.endpoint], deployment)
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -66,6 +66,11 @@ ALL_POLICIES = (COORDINATOR_POLICY, WEB_POLICY, DB_POLICY)
 
 LATEST_KEY = "transitions/latest"
 
+# The status codes the refusal tests expect most often.
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()

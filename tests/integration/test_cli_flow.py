@@ -58,6 +58,48 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+# The client commands against the module's deployment (mock trust anchors); ``extra`` is appended.
+
+
+def concord_set(
+    user: str, d: Deployment, manifest: Path, out: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """``concord set`` with the deployment's coordinator, web and batch policies."""
+    policies = (d.coordinator_policy, d.web_policy, d.batch_policy)
+    return concord(
+        "set", "-c", user, manifest, "--policy", *policies,
+        "--trust-anchors", d.anchors(), "--out", out, *extra,
+    )  # fmt: skip
+
+
+def concord_verify(
+    user: str, d: Deployment, manifest: Path, out: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return concord(
+        "verify", "-c", user, manifest, "--trust-anchors", d.anchors(), "--out", out, *extra
+    )
+
+
+def concord_recover(
+    user: str, d: Deployment, manifest: Path, seedshares: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """``concord recover`` with the deployment's seed-share key."""
+    return concord(
+        "recover", "-c", user, manifest, "--seedshares", seedshares,
+        "--seedshare-key", d.seedshare_key, "--trust-anchors", d.anchors(), *extra,
+    )  # fmt: skip
+
+
+def concord_join_mock(
+    mesh: str, d: Deployment, policy: Path, out: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
+    """``concord join`` as a mock CVM of the deployment's TEE running ``policy``."""
+    return concord(
+        "join", "-c", mesh, "--tee", f"mock:{d.mock_dir}", "--mock-policy", policy,
+        *extra, "--out", out,
+    )  # fmt: skip
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -250,16 +292,7 @@ def test_usage_errors_exit_2(deployment: Deployment, tmp_path: Path) -> None:
 
 
 def test_unreachable_coordinator_exit_1(deployment: Deployment, tmp_path: Path) -> None:
-    proc = concord(
-        "verify",
-        "-c",
-        "127.0.0.1:1",
-        deployment.manifest,
-        "--out",
-        tmp_path,
-        "--trust-anchors",
-        deployment.anchors(),
-    )
+    proc = concord_verify("127.0.0.1:1", deployment, deployment.manifest, tmp_path)
     assert proc.returncode == 1
     assert "cannot reach the coordinator at 127.0.0.1:1" in one_line_error(proc)
 
@@ -269,8 +302,7 @@ def test_unreachable_coordinator_exit_1(deployment: Deployment, tmp_path: Path) 
 
 def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_path: Path) -> None:
     d = deployment
-    user, mesh, anchors = coordinator.user, coordinator.mesh, d.anchors()
-    policies = ["--policy", str(d.coordinator_policy), str(d.web_policy), str(d.batch_policy)]
+    user, mesh = coordinator.user, coordinator.mesh
     pin = ["--coordinator-policy-hash", d.coordinator_hash]
     web_mock = ["--tee", f"mock:{d.mock_dir}", "--mock-policy", str(d.web_policy), *pin]
 
@@ -312,36 +344,13 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
         )
         fake_shares = tmp_path / "fake-seedshares.json"
         fake_shares.write_bytes(doc.to_json())
-        proc = concord(
-            "recover",
-            "-c",
-            user,
-            d.manifest,
-            "--seedshares",
-            fake_shares,
-            "--seedshare-key",
-            d.seedshare_key,
-            "--force",
-            "--trust-anchors",
-            anchors,
-        )
+        proc = concord_recover(user, d, d.manifest, fake_shares, "--force")
         assert proc.returncode == 1
         assert "FAILED_PRECONDITION: not initialized" in one_line_error(proc)
 
         # First manifest.
         out = tmp_path / "owner"
-        proc = concord(
-            "set",
-            "-c",
-            user,
-            d.manifest,
-            *policies,
-            "--trust-anchors",
-            anchors,
-            "--out",
-            out,
-            "--json",
-        )
+        proc = concord_set(user, d, d.manifest, out, "--json")
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["first"] is True
@@ -361,23 +370,13 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert (early_out / "root-ca.pem").read_bytes() == root_pem
 
     # An update without the owner key is a usage error; nothing changes.
-    proc = concord(
-        "set",
-        "-c",
-        user,
-        d.manifest_v2,
-        *policies,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        tmp_path / "x",
-    )
+    proc = concord_set(user, d, d.manifest_v2, tmp_path / "x")
     assert proc.returncode == 2
     assert "owner key" in one_line_error(proc)
 
     # verify: the history, byte for byte.
     vout = tmp_path / "verify"
-    proc = concord("verify", "-c", user, d.manifest, "--trust-anchors", anchors, "--out", vout)
+    proc = concord_verify(user, d, d.manifest, vout)
     assert proc.returncode == 0, proc.stderr
     (m1,) = sorted((vout / "manifests").iterdir())
     assert m1.read_bytes() == d.manifest.read_bytes()
@@ -392,16 +391,7 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert (vout / "root-ca.pem").read_bytes() == root_pem
 
     # verify against another manifest: refused (1), and says why.
-    proc = concord(
-        "verify",
-        "-c",
-        user,
-        d.other_manifest,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        tmp_path / "v-other",
-    )
+    proc = concord_verify(user, d, d.other_manifest, tmp_path / "v-other")
     assert proc.returncode == 1
     assert "is not the one given" in one_line_error(proc)
 
@@ -432,19 +422,7 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert (early_out / "workload-secret").read_bytes() == secret_web
 
     bout = tmp_path / "batch"
-    proc = concord(
-        "join",
-        "-c",
-        mesh,
-        "--tee",
-        f"mock:{d.mock_dir}",
-        "--mock-policy",
-        d.batch_policy,
-        "--mock-tee-type",
-        "tdx",
-        "--out",
-        bout,
-    )
+    proc = concord_join_mock(mesh, d, d.batch_policy, bout, "--mock-tee-type", "tdx")
     assert proc.returncode == 0, proc.stderr
     assert "coordinator-policy-hash not given" in proc.stderr  # unpinned: warned
     assert not (bout / "workload-secret").exists()
@@ -452,18 +430,7 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
 
     # join with a policy the manifest does not have: refused at once, clear message.
     started = time.monotonic()
-    proc = concord(
-        "join",
-        "-c",
-        mesh,
-        "--tee",
-        f"mock:{d.mock_dir}",
-        "--mock-policy",
-        d.rogue_policy,
-        *pin,
-        "--out",
-        tmp_path / "rogue",
-    )
+    proc = concord_join_mock(mesh, d, d.rogue_policy, tmp_path / "rogue", *pin)
     assert proc.returncode == 1
     line = one_line_error(proc)
     assert "PERMISSION_DENIED" in line
@@ -473,74 +440,29 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert not (tmp_path / "rogue" / "key.pem").exists()
 
     # join pinned to another coordinator policy: the coordinator is not trusted.
-    proc = concord(
-        "join",
-        "-c",
-        mesh,
-        "--tee",
-        f"mock:{d.mock_dir}",
-        "--mock-policy",
-        d.web_policy,
-        "--coordinator-policy-hash",
-        "00" * 32,
-        "--out",
-        tmp_path / "p",
+    proc = concord_join_mock(
+        mesh, d, d.web_policy, tmp_path / "p", "--coordinator-policy-hash", "00" * 32
     )
     assert proc.returncode == 1
     assert "coordinator attestation failed" in one_line_error(proc)
 
     # recover on a ready coordinator: refused even with --force.
-    proc = concord(
-        "recover",
-        "-c",
-        user,
-        d.manifest,
-        "--seedshares",
-        out / "seedshares.json",
-        "--seedshare-key",
-        d.seedshare_key,
-        "--force",
-        "--trust-anchors",
-        anchors,
-    )
+    proc = concord_recover(user, d, d.manifest, out / "seedshares.json", "--force")
     assert proc.returncode == 1
     assert "not in recovery mode" in one_line_error(proc)
 
     # Update signed by the owner key; the old manifest no longer verifies as latest.
-    proc = concord(
-        "set",
-        "-c",
-        user,
-        d.manifest_v2,
-        *policies,
-        "--owner-key",
-        d.owner_key,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        tmp_path / "owner2",
-        "--json",
+    proc = concord_set(
+        user, d, d.manifest_v2, tmp_path / "owner2", "--owner-key", d.owner_key, "--json"
     )
     assert proc.returncode == 0, proc.stderr
     update = json.loads(proc.stdout)
     assert update["first"] is False and update["files"] == ["root-ca.pem", "mesh-ca.pem"]
     assert not (tmp_path / "owner2" / "seedshares.json").exists()
     assert (tmp_path / "owner2" / "root-ca.pem").read_bytes() == root_pem
-    proc = concord(
-        "verify", "-c", user, d.manifest, "--trust-anchors", anchors, "--out", tmp_path / "v-old"
-    )
+    proc = concord_verify(user, d, d.manifest, tmp_path / "v-old")
     assert proc.returncode == 1
-    proc = concord(
-        "verify",
-        "-c",
-        user,
-        d.manifest_v2,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        tmp_path / "v2",
-        "--json",
-    )
+    proc = concord_verify(user, d, d.manifest_v2, tmp_path / "v2", "--json")
     assert proc.returncode == 0, proc.stderr
     history = json.loads(proc.stdout)
     assert [m["transition_hash"] for m in history["manifests"]][-1] == update["transition_hash"]
@@ -550,24 +472,10 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert coordinator.stop() == 0
     coordinator.start()
     user, mesh = coordinator.user, coordinator.mesh
-    proc = concord(
-        "verify", "-c", user, d.manifest_v2, "--trust-anchors", anchors, "--out", tmp_path / "v3"
-    )
+    proc = concord_verify(user, d, d.manifest_v2, tmp_path / "v3")
     assert proc.returncode == 1
     assert "recovery mode" in one_line_error(proc)
-    proc = concord(
-        "recover",
-        "-c",
-        user,
-        d.manifest_v2,
-        "--seedshares",
-        out / "seedshares.json",
-        "--seedshare-key",
-        d.seedshare_key,
-        "--trust-anchors",
-        anchors,
-        "--json",
-    )
+    proc = concord_recover(user, d, d.manifest_v2, out / "seedshares.json", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"recovered": True}
     proc = concord("join", "-c", mesh, *web_mock, "--out", wout)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,22 +16,20 @@ from cryptography import x509
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.history import ZERO_HASH
 from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
-from tests.etcd_server import EtcdServer
 from tests.integration.cluster_helpers import (
     Cluster,
     CoordinatorProcess,
     attested,
     check_history,
     gauges,
+    manifest_v,
     readyz,
-    running_cluster,
     wait_status,
 )
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     COORDINATOR_POLICY,
     DB_POLICY,
     ROGUE_POLICY,
-    WEB_ENTRY,
     WEB_POLICY,
     Keys,
     MockTee,
@@ -41,8 +37,6 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     join,
     join_request,
     keys_fixture,
-    manifest_bytes,
-    manifest_dict,
     mock_tee_fixture,
     pem_der,
     set_first_manifest,
@@ -53,27 +47,6 @@ pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
 CONVERGENCE_BOUND = 1.0
 POLICIES = [COORDINATOR_POLICY, WEB_POLICY, DB_POLICY]
-
-
-@pytest.fixture
-def cluster(
-    etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
-) -> Iterator[Cluster]:
-    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
-        yield c
-
-
-def manifest_v(tee: MockTee, keys: Keys, version: str) -> bytes:
-    """A manifest that differs from every other version only in the web workload's SANs."""
-    entry = dict(WEB_ENTRY, SANs=[f"web-{version}", "web.default.svc"])
-    return manifest_bytes(
-        manifest_dict(
-            tee,
-            workloads={WEB_POLICY: entry, DB_POLICY: {}},
-            owners=[keys.owner],
-            seedshare=[keys.seedshare],
-        )
-    )
 
 
 async def attest_all(nodes: list[CoordinatorProcess], tee: MockTee) -> list[pb.AttestResponse]:

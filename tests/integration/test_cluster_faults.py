@@ -9,8 +9,6 @@ import contextlib
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,25 +24,24 @@ from tests.integration.cluster_helpers import (
     Cluster,
     CoordinatorProcess,
     attested,
+    attested_state,
     check_history,
     gauges,
     http_get,
+    manifest_v,
     readyz,
-    running_cluster,
     wait_status,
 )
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     COORDINATOR_POLICY,
     DB_POLICY,
-    WEB_ENTRY,
+    PRECONDITION,
     WEB_POLICY,
     Keys,
     MockTee,
     expect_status,
     join,
     keys_fixture,
-    manifest_bytes,
-    manifest_dict,
     mock_tee_fixture,
     open_seed_share,
     set_first_manifest,
@@ -55,7 +52,6 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(150)]
 
 POLICIES = [COORDINATOR_POLICY, WEB_POLICY, DB_POLICY]
-PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 # Statuses after which an update's outcome is unknown (the coordinator died or the call was
 # cut): it may or may not be in the history. Every other refusal must have changed nothing.
 UNKNOWN_OUTCOME = {
@@ -66,40 +62,10 @@ UNKNOWN_OUTCOME = {
 }
 
 
-@pytest.fixture
-def cluster(
-    etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
-) -> Iterator[Cluster]:
-    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
-        yield c
-
-
-@pytest.fixture
-async def store(etcd: EtcdServer, deployment: str) -> AsyncIterator[EtcdStore]:
-    """The test's own view of the deployment's keys (reads only, plus a fake member)."""
-    s = await EtcdStore.connect([etcd.endpoint], deployment)
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 async def recoveries(node: CoordinatorProcess, source: str) -> int:
     """This process's recoveries of one kind (counters restart with the process)."""
     values = await gauges(node)
     return int(values.get(f'concord_recoveries_total{{source="{source}"}}', 0))
-
-
-def manifest_v(tee: MockTee, keys: Keys, version: str) -> bytes:
-    entry = dict(WEB_ENTRY, SANs=[f"web-{version}", "web.default.svc"])
-    return manifest_bytes(
-        manifest_dict(
-            tee,
-            workloads={WEB_POLICY: entry, DB_POLICY: {}},
-            owners=[keys.owner],
-            seedshare=[keys.seedshare],
-        )
-    )
 
 
 async def first_manifest(
@@ -112,14 +78,6 @@ async def first_manifest(
         await chan.close()
     await wait_status(nodes, ready=True, generation=1, timeout=5)
     return resp
-
-
-async def attested_state(node: CoordinatorProcess, tee: MockTee) -> tuple[bytes, bytes, bytes]:
-    """(latest transition, root CA PEM, mesh CA PEM) as the coordinator attests them."""
-    chan = await attested(node.mesh, tee.coordinator_policy())
-    await chan.close()
-    att = chan.attestation
-    return att.latest_transition_hash, att.root_ca_pem, att.mesh_ca_pem
 
 
 async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended(
@@ -238,7 +196,7 @@ async def test_sigkill_during_update_loops_loses_nothing_and_recovers_unattended
     assert [t for t in chain if t in set(acked)] == acked, "acknowledged updates out of order"
     assert set(chain[1:]) <= set(acked) | unknown, "an update nobody made is in the history"
     assert not set(chain) & refused, "a refused update is in the history"
-    states = {await attested_state(node, mock_tee) for node in nodes}
+    states = {await attested_state(node.mesh, mock_tee) for node in nodes}
     assert len(states) == 1 and next(iter(states))[0] == latest
     rekeys = sum([await recoveries(node, "rekey") for node in nodes])
     print(
@@ -308,7 +266,7 @@ async def test_etcd_outage_unavailable_then_watchers_resume(
     took = await wait_status(nodes, ready=True, generation=2, timeout=5)
     print(f"after the outage: update {acked - stopped:.1f}s after the stop, peers fresh in {took}")
     for node in nodes:
-        latest, root, mesh = await attested_state(node, mock_tee)
+        latest, root, mesh = await attested_state(node.mesh, mock_tee)
         assert (latest, root, mesh) == (resp.transition_hash, first.root_ca_pem, resp.mesh_ca_pem)
         status, _ = await http_get(node.http, "/healthz")
         assert status == 200
@@ -354,7 +312,7 @@ async def test_all_coordinators_lost_recovery_mode_until_a_seed_share_owner_reco
     assert await readyz(nodes[1]) == 200
     took = await wait_status(nodes, ready=True, generation=1, timeout=10)
     print(f"peers recovered {time.monotonic() - recovered:.2f}s after the user recovery: {took}")
-    states = {await attested_state(node, mock_tee) for node in nodes}
+    states = {await attested_state(node.mesh, mock_tee) for node in nodes}
     assert len(states) == 1
     latest, root, mesh = next(iter(states))
     assert (latest, root) == (first.transition_hash, first.root_ca_pem)
@@ -367,7 +325,7 @@ async def test_all_coordinators_lost_recovery_mode_until_a_seed_share_owner_reco
     )
     await wait_status(nodes, ready=True, generation=2, timeout=5)
     for node in nodes:
-        assert await attested_state(node, mock_tee) == (
+        assert await attested_state(node.mesh, mock_tee) == (
             resp.transition_hash,
             root,
             resp.mesh_ca_pem,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,10 +26,17 @@ from coordinator.server import CoordinatorServer, ServerConfig
 from coordinator.state import NotInitialized, RecoveryRejected
 from coordinator.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer, free_port
-from tests.integration.cluster_helpers import Cluster, attested, running_cluster, wait_status
+from tests.integration.cluster_helpers import (
+    Cluster,
+    attested,
+    attested_state,
+    running_cluster,
+    wait_status,
+)
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     COORDINATOR_POLICY,
     DB_POLICY,
+    PRECONDITION,
     ROGUE_POLICY,
     WEB_POLICY,
     Keys,
@@ -46,29 +53,10 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(90)]
 
-PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-@pytest.fixture
-def cluster(
-    etcd: EtcdServer, deployment: str, mock_tee: MockTee, tmp_path: Path
-) -> Iterator[Cluster]:
-    with running_cluster(etcd.endpoint, deployment, mock_tee.directory, tmp_path / "c") as c:
-        yield c
-
-
-@pytest.fixture
-async def store(etcd: EtcdServer, deployment: str) -> AsyncIterator[EtcdStore]:
-    s = await EtcdStore.connect([etcd.endpoint], deployment)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class InProcess:
@@ -153,13 +141,6 @@ def manifest_for(
     )
 
 
-async def attested_mesh_ca(address: str, tee: MockTee) -> tuple[bytes, bytes, bytes]:
-    chan = await attested(address, tee.coordinator_policy())
-    await chan.close()
-    att = chan.attestation
-    return att.latest_transition_hash, att.root_ca_pem, att.mesh_ca_pem
-
-
 async def test_peer_recovery_only_from_an_attested_coordinator_at_latest(
     cluster: Cluster,
     mock_tee: MockTee,
@@ -209,7 +190,7 @@ async def test_peer_recovery_only_from_an_attested_coordinator_at_latest(
             )
             await c.close()
         (rogue_policy, _, _), (other_history, _, _), (same_hash, _, _) = others
-        assert (await attested_mesh_ca(same_hash.mesh, mock_tee))[0] == first.transition_hash
+        assert (await attested_state(same_hash.mesh, mock_tee))[0] == first.transition_hash
 
         recovery = recovery_of(x)
         with pytest.raises(CoordinatorPolicyMismatch):
@@ -233,7 +214,7 @@ async def test_peer_recovery_only_from_an_attested_coordinator_at_latest(
     # The real peer: x now serves exactly its state.
     await recovery_of(x).recover_from(nodes[0].mesh)
     assert x.is_ready()
-    assert await attested_mesh_ca(x.addresses["mesh"], mock_tee) == (
+    assert await attested_state(x.addresses["mesh"], mock_tee) == (
         first.transition_hash,
         first.root_ca_pem,
         first.mesh_ca_pem,
@@ -277,9 +258,9 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
     await ychan.user.Recover(user_recover_request(ychan, seed, salt, keys.seedshare, force=True))
     await ychan.close()
     assert y.is_ready()
-    latest, root, mesh = await attested_mesh_ca(nodes[0].mesh, mock_tee)
-    assert await attested_mesh_ca(y.addresses["mesh"], mock_tee) != (latest, root, mesh)
-    y_latest, y_root, y_mesh = await attested_mesh_ca(y.addresses["mesh"], mock_tee)
+    latest, root, mesh = await attested_state(nodes[0].mesh, mock_tee)
+    assert await attested_state(y.addresses["mesh"], mock_tee) != (latest, root, mesh)
+    y_latest, y_root, y_mesh = await attested_state(y.addresses["mesh"], mock_tee)
     assert (y_latest, y_root) == (latest, root) and y_mesh != mesh
     await inprocess.stop(y)
 
@@ -295,6 +276,6 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
     # The crashed coordinator comes back and recovers from x, unattended.
     await asyncio.to_thread(nodes[0].start)
     await wait_status(nodes, ready=True, generation=1, timeout=10)
-    assert await attested_mesh_ca(nodes[0].mesh, mock_tee) == await attested_mesh_ca(
+    assert await attested_state(nodes[0].mesh, mock_tee) == await attested_state(
         x.addresses["mesh"], mock_tee
     )

@@ -23,6 +23,9 @@ from coordinator.client import AttestedChannel, CoordinatorPolicyMismatch
 from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed, seal
 from coordinator.server import CoordinatorServer
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
+    DENIED,
+    INVALID,
+    PRECONDITION,
     WEB_POLICY,
     Coordinators,
     Keys,
@@ -46,10 +49,6 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
-PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def _still_in_recovery(server: CoordinatorServer, tee: MockTee) -> None:

@@ -20,6 +20,9 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     ALL_POLICIES,
     COORDINATOR_POLICY,
     DB_POLICY,
+    DENIED,
+    INVALID,
+    PRECONDITION,
     ROGUE_POLICY,
     WEB_POLICY,
     Coordinators,
@@ -47,10 +50,6 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-DENIED = grpc.StatusCode.PERMISSION_DENIED
-PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class Refusals:

@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from attestation import anchors as anchors_mod
 from attestation.anchors import AmdRoots, TrustAnchors
 from attestation.cache import BoundedCache
 from attestation.errors import (
@@ -26,18 +25,12 @@ from attestation.errors import (
 from attestation.reference import SnpTcb
 from attestation.snp import certs as c
 from attestation.snp.mock import MockAmd, create_mock_amd, issue_certificate
-
-NOW = datetime(2025, 6, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def production() -> TrustAnchors:
-    return anchors_mod.production()
-
-
-@pytest.fixture(scope="module")
-def snp(vectors: Path) -> Path:
-    return vectors / "snp"
+from tests.unit.snp_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    mock_amd_anchors,
+    production_fixture,
+    snp_vectors_fixture,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def mock(tmp_path_factory: pytest.TempPathFactory) -> MockAmd:
 
 @pytest.fixture(scope="module")
 def mock_anchors(mock: MockAmd, production: TrustAnchors) -> TrustAnchors:
-    return TrustAnchors("mock", {mock.product: mock.roots()}, production.intel_root)
+    return mock_amd_anchors(mock, production)
 
 
 # --- extension decoding on real certificates -------------------------------------------------

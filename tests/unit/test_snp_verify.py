@@ -54,8 +54,13 @@ from attestation.snp.policy import (
 from attestation.snp.report import UnsupportedSignatureAlgorithm, encode_policy, parse_report
 from attestation.snp.tcb import UnknownProduct, encode_tcb
 from attestation.snp.verify import SnpVerified, verify_snp
+from tests.unit.snp_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    mock_amd_anchors,
+    production_fixture,
+    snp_vectors_fixture,
+)
 
-NOW = datetime(2025, 6, 1, tzinfo=UTC)
 MEAS = bytes(range(48))
 HOST = bytes(range(100, 132))
 RD = bytes(range(64))
@@ -63,16 +68,6 @@ ALL_PERMISSIVE = frozenset({"SMT", "MigrateMA", "Debug", "CXLAllow"})
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def production() -> TrustAnchors:
-    return anchors_mod.production()
-
-
-@pytest.fixture(scope="module")
-def snp(vectors: Path) -> Path:
-    return vectors / "snp"
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +84,6 @@ def turin(tmp_path_factory: pytest.TempPathFactory) -> MockAmd:
 def fake_milan(tmp_path_factory: pytest.TempPathFactory) -> MockAmd:
     """A hierarchy with exactly AMD's Milan names (ARK-Milan, SEV-Milan) but its own keys."""
     return create_mock_amd(tmp_path_factory.mktemp("fake-milan"), "Milan")
-
-
-def _anchors(mock: MockAmd, production: TrustAnchors) -> TrustAnchors:
-    return TrustAnchors("mock", {mock.product: mock.roots()}, production.intel_root)
 
 
 def _ref_for(report: bytes, product: str, **kw: object) -> SnpReference:
@@ -540,7 +531,7 @@ CASES: list[tuple[str, Callable[[World], Case], type[EvidenceRejected]]] = [
     ("real-under-mock-anchors", lambda w: _real(w, anchors=w.genoa_case.anchors), UntrustedRoot),
     (
         "real-under-same-named-mock-ark",
-        lambda w: _real(w, anchors=_anchors(w.fake_milan, w.production)),
+        lambda w: _real(w, anchors=mock_amd_anchors(w.fake_milan, w.production)),
         CertificateSignatureInvalid,
     ),
     (

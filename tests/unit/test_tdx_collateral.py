@@ -47,20 +47,13 @@ from attestation.tdx.pck import (
     verify_signer_chain,
 )
 from attestation.tdx.quote import TdxQuote, parse_quote
-
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-UPTODATE_NOW = datetime(2025, 7, 1, tzinfo=UTC)
-SEPT_VE = bytes.fromhex("0000001000000000")
-
-
-@pytest.fixture(scope="module")
-def anchors() -> TrustAnchors:
-    return production()
-
-
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> MockIntel:
-    return create_mock_intel(tmp_path_factory.mktemp("tdx-col"), now=NOW)
+from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    SEPT_VE,
+    UPTODATE_NOW,
+    anchors_fixture,
+    mock_intel_fixture,
+)
 
 
 def _col(vectors: Path, name: str) -> TdxCollateral:

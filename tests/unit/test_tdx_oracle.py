@@ -28,13 +28,16 @@ from attestation.anchors import TrustAnchors, production
 from attestation.errors import EvidenceRejected
 from attestation.reference import TDX_TCB_STATUSES, TdxReference
 from attestation.tdx.collateral import TdxCollateral, load_collateral_json
-from attestation.tdx.mock import MockIntel, create_mock_intel
+from attestation.tdx.mock import MockIntel
 from attestation.tdx.pck import verify_pck_chain
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verify import verify_tdx
+from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    SEPT_VE,
+    mock_intel_fixture,
+)
 
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-SEPT_VE = bytes.fromhex("0000001000000000")
 ACCEPT = tuple(s for s in TDX_TCB_STATUSES if s != "Revoked")
 MR_TD = b"\x5a" * 48
 
@@ -158,11 +161,6 @@ def test_parsers_agree_on_real_vectors(vectors: Path, name: str) -> None:
 
 
 # --- mock quotes with mock collateral and the mock root ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> MockIntel:
-    return create_mock_intel(tmp_path_factory.mktemp("tdx-oracle"), now=NOW)
 
 
 def _tcb(status: str | None = None, **top: Any) -> Callable[[MockIntel], dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from attestation.anchors import TrustAnchors, production
+from attestation.anchors import TrustAnchors
 from attestation.cache import BoundedCache
 from attestation.errors import (
     CertificateExpired,
@@ -31,18 +31,11 @@ from attestation.tdx.pck import (
     verify_pck_chain,
 )
 from attestation.tdx.quote import parse_quote
-
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def anchors() -> TrustAnchors:
-    return production()
-
-
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> MockIntel:
-    return create_mock_intel(tmp_path_factory.mktemp("tdx-pck"), now=NOW)
+from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    anchors_fixture,
+    mock_intel_fixture,
+)
 
 
 def _chain(vectors: Path, name: str) -> tuple[bytes, ...]:

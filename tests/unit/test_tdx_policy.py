@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from attestation.anchors import TrustAnchors, production
+from attestation.anchors import TrustAnchors
 from attestation.errors import (
     DebugForbidden,
     MeasurementMismatch,
@@ -19,18 +18,16 @@ from attestation.errors import (
     TcbTooLow,
 )
 from attestation.reference import TdxReference, parse_tdx_reference
-from attestation.tdx.mock import MockIntel, create_mock_intel
+from attestation.tdx.mock import MockIntel
 from attestation.tdx.pck import verify_pck_chain
 from attestation.tdx.policy import PlatformNotAllowed, TdxClaims, check_reference, match_references
 from attestation.tdx.quote import TdxQuote, parse_quote
 from attestation.tdx.verify import verify_tdx
-
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def anchors() -> TrustAnchors:
-    return production()
+from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    anchors_fixture,
+    mock_intel_fixture,
+)
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +203,6 @@ def test_manifest_reference_round_trip(q: TdxQuote, claims: TdxClaims) -> None:
         "tdx[0]",
     )
     check_reference(claims, ref)
-
-
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> MockIntel:
-    return create_mock_intel(tmp_path_factory.mktemp("tdx-policy"), now=NOW)
 
 
 def test_status_from_collateral_enforced(mock: MockIntel) -> None:

@@ -20,6 +20,7 @@ from attestation.tdx.quote import (
     UnsupportedQuoteType,
     parse_quote,
 )
+from tests.unit.tdx_helpers import quote_bytes
 
 # v4 offsets (header 48, body 584, then signature data)
 SIG_LEN_AT = 632
@@ -31,10 +32,6 @@ AUTH_SIZE_AT = 770 + 384 + 64
 INNER_TYPE_AT = AUTH_SIZE_AT + 2 + 32
 
 
-def _vec(vectors: Path, name: str) -> bytes:
-    return (vectors / "tdx" / f"{name}.quote.bin").read_bytes()
-
-
 def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
     buf = bytearray(data)
     struct.pack_into(fmt, buf, offset, value)
@@ -42,7 +39,7 @@ def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
 
 
 def test_spr_v4_fields_and_trailing_bytes(vectors: Path) -> None:
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     q = parse_quote(raw)
     assert q.version == 4 and q.body_type == 2
     assert q.header.att_key_type == 2 and q.header.tee_type == 0x81
@@ -62,7 +59,7 @@ def test_spr_v4_fields_and_trailing_bytes(vectors: Path) -> None:
 
 
 def test_sample_v5_td15_body_and_nul_terminated_pem(vectors: Path) -> None:
-    raw = _vec(vectors, "sample-v5")
+    raw = quote_bytes(vectors, "sample-v5")
     q = parse_quote(raw)
     assert q.version == 5 and q.body_type == 3
     assert q.body.tee_tcb_svn_2 is not None and len(q.body.tee_tcb_svn_2) == 16
@@ -74,18 +71,18 @@ def test_sample_v5_td15_body_and_nul_terminated_pem(vectors: Path) -> None:
 
 
 def test_debug_vector_parses_with_debug_bit(vectors: Path) -> None:
-    q = parse_quote(_vec(vectors, "debug-v4"))
+    q = parse_quote(quote_bytes(vectors, "debug-v4"))
     assert q.body.debug
 
 
 @pytest.mark.parametrize("name", ["uptodate-v4", "outdated-v5"])
 def test_collateral_vectors_parse(vectors: Path, name: str) -> None:
-    q = parse_quote(_vec(vectors, name))
+    q = parse_quote(quote_bytes(vectors, name))
     assert q.body.tee_tcb_svn[1] == 1
 
 
 def test_body_field_offsets(vectors: Path) -> None:
-    raw = bytearray(_vec(vectors, "spr-v4"))
+    raw = bytearray(quote_bytes(vectors, "spr-v4"))
     fields = {
         "tee_tcb_svn": (0, 16), "mr_seam": (16, 48), "mr_signer_seam": (64, 48),
         "seam_attributes": (112, 8), "td_attributes": (120, 8), "xfam": (128, 8),
@@ -105,43 +102,43 @@ def test_body_field_offsets(vectors: Path) -> None:
 @pytest.mark.parametrize("version", [0, 1, 3, 6, 0xFFFF])
 def test_unsupported_versions(vectors: Path, version: int) -> None:
     with pytest.raises(UnsupportedVersion) as exc:
-        parse_quote(_set(_vec(vectors, "spr-v4"), 0, "<H", version))
+        parse_quote(_set(quote_bytes(vectors, "spr-v4"), 0, "<H", version))
     assert type(exc.value) is UnsupportedVersion
     assert "version" in str(exc.value)
 
 
 def test_att_key_type_3_rejected(vectors: Path) -> None:
     with pytest.raises(UnsupportedQuoteType, match="att_key_type"):
-        parse_quote(_set(_vec(vectors, "spr-v4"), 2, "<H", 3))
+        parse_quote(_set(quote_bytes(vectors, "spr-v4"), 2, "<H", 3))
 
 
 @pytest.mark.parametrize("tee", [0, 0x80, 0x82])
 def test_tee_type_rejected(vectors: Path, tee: int) -> None:
     with pytest.raises(UnsupportedQuoteType, match="tee_type"):
-        parse_quote(_set(_vec(vectors, "spr-v4"), 4, "<I", tee))
+        parse_quote(_set(quote_bytes(vectors, "spr-v4"), 4, "<I", tee))
 
 
 @pytest.mark.parametrize("cert_type", [1, 2, 3, 4, 5, 7])
 def test_certification_data_type_not_6_rejected(vectors: Path, cert_type: int) -> None:
     with pytest.raises(UnsupportedQuoteType, match=r"certification_data\.type"):
-        parse_quote(_set(_vec(vectors, "spr-v4"), CERT_TYPE_AT, "<H", cert_type))
+        parse_quote(_set(quote_bytes(vectors, "spr-v4"), CERT_TYPE_AT, "<H", cert_type))
 
 
 def test_inner_certification_type_not_5_rejected(vectors: Path) -> None:
     with pytest.raises(UnsupportedQuoteType, match=r"pck_cert_data\.type"):
-        parse_quote(_set(_vec(vectors, "spr-v4"), INNER_TYPE_AT, "<H", 3))
+        parse_quote(_set(quote_bytes(vectors, "spr-v4"), INNER_TYPE_AT, "<H", 3))
 
 
 @pytest.mark.parametrize("body_type", [0, 1, 4, 9])
 def test_v5_unknown_body_type(vectors: Path, body_type: int) -> None:
     with pytest.raises(UnsupportedQuoteType, match=r"body_descriptor\.type"):
-        parse_quote(_set(_vec(vectors, "sample-v5"), 48, "<H", body_type))
+        parse_quote(_set(quote_bytes(vectors, "sample-v5"), 48, "<H", body_type))
 
 
 @pytest.mark.parametrize("size", [0, 584, 647, 649, 0xFFFFFFFF])
 def test_v5_body_size_must_match_type(vectors: Path, size: int) -> None:
     with pytest.raises(MalformedEvidence, match=r"body_descriptor\.size") as exc:
-        parse_quote(_set(_vec(vectors, "sample-v5"), 50, "<I", size))
+        parse_quote(_set(quote_bytes(vectors, "sample-v5"), 50, "<I", size))
     assert type(exc.value) is MalformedEvidence
 
 
@@ -161,7 +158,7 @@ def test_v5_body_size_must_match_type(vectors: Path, size: int) -> None:
     ],
 )
 def test_truncation_names_the_field(vectors: Path, cut: int, field: str) -> None:
-    raw = _vec(vectors, "spr-v4")[:cut]
+    raw = quote_bytes(vectors, "spr-v4")[:cut]
     with pytest.raises(MalformedEvidence, match=field) as exc:
         parse_quote(raw)
     assert type(exc.value) is MalformedEvidence
@@ -169,7 +166,7 @@ def test_truncation_names_the_field(vectors: Path, cut: int, field: str) -> None
 
 
 def test_truncation_inside_declared_lengths(vectors: Path) -> None:
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     sig_len = struct.unpack_from("<I", raw, SIG_LEN_AT)[0]
     # Shrink the declared signature data: the certification data then overruns it.
     with pytest.raises(MalformedEvidence, match=r"signature_data\.certification_data: truncated"):
@@ -183,7 +180,7 @@ def test_truncation_inside_declared_lengths(vectors: Path) -> None:
 
 
 def test_bytes_inside_declared_length_must_be_accounted(vectors: Path) -> None:
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     sig_len = struct.unpack_from("<I", raw, SIG_LEN_AT)[0]
     # Declare 4 more signature-data bytes (taken from the unsigned trailer): unexplained bytes.
     with pytest.raises(MalformedEvidence, match="unexpected bytes"):
@@ -191,7 +188,7 @@ def test_bytes_inside_declared_length_must_be_accounted(vectors: Path) -> None:
 
 
 def test_oversize_rejected(vectors: Path) -> None:
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     with pytest.raises(SizeLimitExceeded):
         parse_quote(raw + bytes(MAX_QUOTE_SIZE))
     # At the limit the trailing bytes are still tolerated.
@@ -202,14 +199,14 @@ def test_oversize_rejected(vectors: Path) -> None:
 
 
 def test_attestation_key_off_curve(vectors: Path) -> None:
-    raw = bytearray(_vec(vectors, "spr-v4"))
+    raw = bytearray(quote_bytes(vectors, "spr-v4"))
     raw[ATT_KEY_AT : ATT_KEY_AT + 64] = (1).to_bytes(32, "big") + (1).to_bytes(32, "big")
     with pytest.raises(InvalidAttestationKey, match="not a point on P-256"):
         parse_quote(bytes(raw))
 
 
 def test_pem_garbage_and_empty(vectors: Path) -> None:
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     pem_at = INNER_TYPE_AT + 6
     bad = bytearray(raw)
     bad[pem_at + 30] = ord("!")  # inside the first base64 body
@@ -234,7 +231,7 @@ def test_non_bytes_input_rejected() -> None:
 
 def test_v5_with_td10_body(vectors: Path) -> None:
     """A v5 quote may carry a TDX 1.0 body (type 2, 584 bytes): rebuild one from spr-v4."""
-    raw = _vec(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     v5 = _set(raw[:48], 0, "<H", 5) + struct.pack("<HI", 2, 584) + raw[48:]
     q = parse_quote(v5)
     assert q.version == 5 and q.body_type == 2 and q.body == parse_quote(raw).body

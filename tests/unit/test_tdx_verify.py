@@ -42,26 +42,17 @@ from attestation.tdx.collateral import (
 from attestation.tdx.mock import MockIntel, create_mock_intel
 from attestation.tdx.quote import InvalidAttestationKey, UnsupportedQuoteType, parse_quote
 from attestation.tdx.verify import MissingCollateral, TdxVerified, verify_tdx
+from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
+    NOW,
+    SEPT_VE,
+    UPTODATE_NOW,
+    anchors_fixture,
+    mock_intel_fixture,
+    quote_bytes,
+)
 
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-UPTODATE_NOW = datetime(2025, 7, 1, tzinfo=UTC)
-SEPT_VE = bytes.fromhex("0000001000000000")
 MR_TD = bytes(range(48))
 REPORT_DATA = bytes(range(64, 128))
-
-
-@pytest.fixture(scope="module")
-def anchors() -> TrustAnchors:
-    return production()
-
-
-@pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> MockIntel:
-    return create_mock_intel(tmp_path_factory.mktemp("tdx-verify"), now=NOW)
-
-
-def _raw(vectors: Path, name: str) -> bytes:
-    return (vectors / "tdx" / f"{name}.quote.bin").read_bytes()
 
 
 def _ref_for(raw: bytes, **kw: Any) -> TdxReference:
@@ -72,7 +63,7 @@ def _ref_for(raw: bytes, **kw: Any) -> TdxReference:
 
 
 def test_spr_v4_valid_trailing_ignored(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     q = parse_quote(raw)
     v = verify_tdx(raw, anchors, [_ref_for(raw)], q.body.report_data, NOW, require_collateral=False)
     assert isinstance(v, TdxVerified)
@@ -89,13 +80,13 @@ def test_spr_v4_valid_trailing_ignored(vectors: Path, anchors: TrustAnchors) -> 
 
 
 def test_sample_v5_valid(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "sample-v5")
+    raw = quote_bytes(vectors, "sample-v5")
     v = verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW, require_collateral=False)
     assert v.quote.body_type == 3 and v.tcb_status is None
 
 
 def test_debug_v4_crypto_valid_policy_rejects(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "debug-v4")
+    raw = quote_bytes(vectors, "debug-v4")
     with pytest.raises(DebugForbidden):
         verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW, require_collateral=False)
     # Crypto is valid: a reference that explicitly admits these TD attributes accepts it.
@@ -112,7 +103,7 @@ def test_debug_v4_crypto_valid_policy_rejects(vectors: Path, anchors: TrustAncho
 
 
 def test_uptodate_v4_with_collateral(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "uptodate-v4")
+    raw = quote_bytes(vectors, "uptodate-v4")
     col = load_collateral_json(vectors / "tdx" / "uptodate-v4.collateral.json")
     v = verify_tdx(raw, anchors, [_ref_for(raw)], None, UPTODATE_NOW, collateral=col)
     assert v.tcb_status == "UpToDate" and v.advisory_ids == ()
@@ -125,7 +116,7 @@ def test_uptodate_v4_with_collateral(vectors: Path, anchors: TrustAnchors) -> No
 
 
 def test_outdated_v5_crypto_valid_but_no_tcb_level(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "outdated-v5")
+    raw = quote_bytes(vectors, "outdated-v5")
     col = load_collateral_json(vectors / "tdx" / "outdated-v5.collateral.json")
     # Crypto is valid (no collateral, caller accepting the unknown status):
     assert verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW, require_collateral=False)
@@ -142,13 +133,13 @@ def test_outdated_v5_crypto_valid_but_no_tcb_level(vectors: Path, anchors: Trust
 
 
 def test_collateral_is_required_by_default(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     with pytest.raises(MissingCollateral):
         verify_tdx(raw, anchors, [_ref_for(raw)], None, NOW)
 
 
 def test_cross_anchor_rejection(vectors: Path, anchors: TrustAnchors, mock: MockIntel) -> None:
-    raw = _raw(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     with pytest.raises(UntrustedRoot):
         verify_tdx(raw, mock.trust_anchors(), [_ref_for(raw)], None, NOW, require_collateral=False)
     mq = mock.make_quote(mr_td=MR_TD, report_data=REPORT_DATA)
@@ -172,7 +163,7 @@ def test_mock_v4_and_v5_valid(mock: MockIntel) -> None:
 
 def test_cache_is_used(vectors: Path, anchors: TrustAnchors) -> None:
     cache: BoundedCache[bytes, object] = BoundedCache(8)
-    raw = _raw(vectors, "uptodate-v4")
+    raw = quote_bytes(vectors, "uptodate-v4")
     col = load_collateral_json(vectors / "tdx" / "uptodate-v4.collateral.json")
     for _ in range(3):
         verify_tdx(raw, anchors, [_ref_for(raw)], None, UPTODATE_NOW, collateral=col, cache=cache)
@@ -180,7 +171,7 @@ def test_cache_is_used(vectors: Path, anchors: TrustAnchors) -> None:
 
 
 def test_bad_arguments_are_caller_errors(vectors: Path, anchors: TrustAnchors) -> None:
-    raw = _raw(vectors, "spr-v4")
+    raw = quote_bytes(vectors, "spr-v4")
     with pytest.raises(ValueError):
         verify_tdx(raw, anchors, [_ref_for(raw)], b"short", NOW, require_collateral=False)
     with pytest.raises(ValueError):
@@ -494,10 +485,10 @@ CASES: list[Case] = [
 
 def _base(kind: str, vectors: Path, mock: MockIntel) -> Ctx:
     if kind in ("real", "real5"):
-        raw = _raw(vectors, "spr-v4" if kind == "real" else "sample-v5")
+        raw = quote_bytes(vectors, "spr-v4" if kind == "real" else "sample-v5")
         return Ctx(raw, production(), _ref_for(raw), parse_quote(raw).body.report_data, NOW)
     if kind == "uptodate":
-        raw = _raw(vectors, "uptodate-v4")
+        raw = quote_bytes(vectors, "uptodate-v4")
         real = load_collateral_json(vectors / "tdx" / "uptodate-v4.collateral.json")
         return Ctx(raw, production(), _ref_for(raw), None, UPTODATE_NOW, real, True)
     raw = mock.make_quote(mr_td=MR_TD, report_data=REPORT_DATA, td_attributes=SEPT_VE)
