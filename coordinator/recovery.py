@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import uuid
 from collections.abc import Callable
@@ -333,7 +332,7 @@ class PeerRecovery:
         latest = await guard.history.get_latest()
         if latest is None:
             return False
-        policy = await self._policy_for(latest)
+        policy = self._policy_of(await self._manifest_for(latest))
         ordered, _ = order_candidates(
             await self._list_members(),
             self.node_id,
@@ -481,14 +480,8 @@ class PeerRecovery:
     async def _admitted_by(self, manifest: Manifest) -> bool:
         coord = self.server.coord
         assert coord is not None
-        report_data = os.urandom(64)
         try:
-            verified = coord.verifier.verify(
-                await coord.evidence(report_data),
-                manifest.reference_values,
-                report_data,
-                coord.clock(),
-            )
+            verified = await coord.own_evidence_under(manifest)
         except EvidenceRejected:
             return False
         return verified.policy_hash == manifest.coordinator_policy_hash
@@ -511,8 +504,8 @@ class PeerRecovery:
         self.recoveries += 1
         self.server.metrics.recoveries.labels("peer").inc()
 
-    async def _policy_for(self, latest: SignedLatest) -> CoordinatorPolicy:
-        manifest = await self._manifest_for(latest)
+    def _policy_of(self, manifest: Manifest) -> CoordinatorPolicy:
+        """What a coordinator of ``manifest`` must attest to (peers and requesters alike)."""
         return CoordinatorPolicy(
             self.anchors, manifest.reference_values, manifest.coordinator_policy_hash
         )
@@ -520,8 +513,8 @@ class PeerRecovery:
     async def _manifest_for(self, latest: SignedLatest) -> Manifest:
         guard = self.server.guard
         assert guard is not None
-        transition = await guard.history.get_transition(latest.transition_hash)
-        return Manifest.parse(await guard.history.get_manifest(transition.manifest_hash))
+        _, manifest = await guard.latest_manifest(latest)
+        return manifest
 
     async def _recover_from(self, peer: str, latest: SignedLatest) -> None:
         server = self.server
@@ -530,9 +523,7 @@ class PeerRecovery:
         old = guard.current()
         latest_hash = latest.transition_hash
         manifest = await self._manifest_for(latest)
-        policy = CoordinatorPolicy(
-            self.anchors, manifest.reference_values, manifest.coordinator_policy_hash
-        )
+        policy = self._policy_of(manifest)
         async with await AttestedChannel.connect(peer, policy, timeout=PEER_TIMEOUT) as chan:
             if chan.attestation.latest_transition_hash != latest_hash:
                 raise PeerRecoveryFailed("peer does not serve the store's latest transition")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from attestation.binding import BindingError
 from attestation.errors import EvidenceRejected, MalformedEvidence
 from attestation.providers.base import EvidenceProvider, ProviderError
-from attestation.verify import Verifier
+from attestation.verify import VerifiedEvidence, Verifier
 from coordinator.authz import SignatureError
 from coordinator.challenge import TokenError, TokenExpired, TokenMalformed, TokenWrongTransition
 from coordinator.history import HistoryError
 from coordinator.issuance import BatchRunner, IssuanceError, Issuer, PolicyNotInManifest
-from coordinator.manifest import ManifestError
+from coordinator.manifest import Manifest, ManifestError
 from coordinator.metrics import Metrics
 from coordinator.sealing import PayloadError, SealingError
 from coordinator.state import Guard, InvalidPolicies, NotInitialized, RecoveryRejected, Stale, State
@@ -91,6 +92,15 @@ class Coordinator:
     async def evidence(self, report_data: bytes) -> bytes:
         ev = await asyncio.to_thread(self.provider.evidence, report_data)
         return ev.encode()
+
+    async def own_evidence_under(self, manifest: Manifest) -> VerifiedEvidence:
+        """This coordinator's own fresh evidence verified against ``manifest``'s reference
+        values (raises EvidenceRejected): whether it can serve as a coordinator of it, together
+        with a check of ``policy_hash`` against ``manifest.coordinator_policy_hash``."""
+        report_data = os.urandom(64)
+        return self.verifier.verify(
+            await self.evidence(report_data), manifest.reference_values, report_data, self.clock()
+        )
 
     def record_rejection(self, exc: EvidenceRejected) -> None:
         self.metrics.attestation_failures.labels(exc.reason).inc()

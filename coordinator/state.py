@@ -318,6 +318,12 @@ class Guard:
         self._mark_stale(current)
         raise ConcurrentUpdate("concurrent update: the state changed during the update")
 
+    async def latest_manifest(self, latest: SignedLatest) -> tuple[Transition, Manifest]:
+        """The transition ``latest`` points to and its manifest. Unverified: only a seed can
+        check ``latest``; callers use this to decide who may supply one."""
+        transition = await self.history.get_transition(latest.transition_hash)
+        return transition, Manifest.parse(await self.history.get_manifest(transition.manifest_hash))
+
     async def reset_state(self, old: State | None, authorizer: Authorizer) -> State:
         """Adopt the store's current ``latest`` with a seed from ``authorizer`` (recovery).
 
@@ -331,8 +337,7 @@ class Guard:
         latest = await self.history.get_latest()
         if latest is None:
             raise NotInitialized()
-        transition = await self.history.get_transition(latest.transition_hash)
-        manifest = Manifest.parse(await self.history.get_manifest(transition.manifest_hash))
+        transition, manifest = await self.latest_manifest(latest)
         engine, mesh_key = await authorizer(manifest)
         if not isinstance(engine, SeedEngine):
             raise RecoveryRejected("authorizer returned no seed engine")

@@ -4,7 +4,6 @@ a coordinator that has no usable state."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,12 +88,8 @@ class UserService(pb_grpc.UserAPIServicer):
     async def _require_admits_self(self, manifest: Manifest) -> None:
         """A first manifest that does not admit this very coordinator would leave a deployment
         no client can attest and no peer can recover from: refuse it before anything is stored."""
-        report_data = os.urandom(64)
-        evidence = await self.coord.evidence(report_data)
         try:
-            verified = self.coord.verifier.verify(
-                evidence, manifest.reference_values, report_data, self.coord.clock()
-            )
+            verified = await self.coord.own_evidence_under(manifest)
         except EvidenceRejected as exc:
             raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -182,12 +177,10 @@ class UserService(pb_grpc.UserAPIServicer):
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION, "not in recovery mode: the state is fresh"
             )
-        history = self.coord.guard.history
-        latest = await history.get_latest()
+        latest = await self.coord.guard.history.get_latest()
         if latest is None:
             raise NotInitialized()
-        transition = await history.get_transition(latest.transition_hash)
-        manifest = Manifest.parse(await history.get_manifest(transition.manifest_hash))
+        _, manifest = await self.coord.guard.latest_manifest(latest)
         owner = request.seedshare_owner_public_key
         if not manifest.is_seedshare_owner(owner):
             raise Refused(
