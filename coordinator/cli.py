@@ -401,6 +401,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_common_client(p: argparse.ArgumentParser, *, user_port: bool = True) -> None:
     port = "user API (default port 1313)" if user_port else "mesh API (default port 7777)"
     p.add_argument(
@@ -460,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", metavar="HOST:PORT", help="static peer (mesh API)")
     p.add_argument("--advertise-mesh-addr", metavar="HOST:PORT", help="mesh address for peers")
     p.add_argument("--node-id", help="member ID (default random)")
-    p.add_argument("--issuer-workers", type=int, help="issuance threads (default CPU count)")
+    p.add_argument(
+        "--issuer-workers",
+        type=_non_negative_int,
+        help="issuance threads (default CPU count; 0 issues inline on the event loop)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--etcd-ca", metavar="FILE", help="CA bundle: enables TLS to etcd")
     p.add_argument("--etcd-cert", metavar="FILE", help="client certificate for etcd")

@@ -73,13 +73,19 @@ class BatchRunner(Generic[T, R]):
     each chunk goes to a worker thread through one queue put, and comes back through one
     ``call_soon_threadsafe`` that settles every future of the chunk. That is all the event
     loop pays per batch (no concurrent.futures.Future chained to an asyncio one per hop).
+
+    ``workers=0`` runs ``fn`` inline on the event loop instead. That is the least CPU per call
+    (no GIL hand-offs between the loop and the workers) but no parallelism: the right choice
+    when the cores are busy anyway, e.g. when the clients run on the same machine.
     """
 
     def __init__(
         self, fn: Callable[[T], R], workers: int | None = None, max_batch: int = 32
     ) -> None:
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be >= 0 (0 runs inline on the event loop)")
         self._fn = fn
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -92,6 +98,8 @@ class BatchRunner(Generic[T, R]):
     async def submit(self, item: T) -> R:
         if self._closed:
             raise RuntimeError("BatchRunner is closed")
+        if self.workers == 0:
+            return self._fn(item)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, fut))

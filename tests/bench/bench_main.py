@@ -121,8 +121,16 @@ class Children:
 # --- the coordinator process ------------------------------------------------------------------
 
 
+SERVER_MODULE = "coordinator.cli"
+FLOOR_MODULE = "tests.bench.rpc_floor"
+
+
 def start_server(
-    children: Children, dep: BenchDeployment, workdir: Path, workers: int
+    children: Children,
+    dep: BenchDeployment,
+    workdir: Path,
+    workers: int,
+    module: str = SERVER_MODULE,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     store = workdir / f"store-{workers}w-{time.monotonic_ns()}"
     store.mkdir()
@@ -132,7 +140,7 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "coordinator.cli",
+        module,
         "serve",
         "--store",
         f"file:{store}",
@@ -256,6 +264,7 @@ def run_load(
     rss_every: float = 1.0,
     collect_latencies: bool = True,
     time_limit: float = 600.0,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Run ``concurrency`` flow loops over ``clients`` processes; measure a window.
 
@@ -280,6 +289,7 @@ def run_load(
             coordinator_policy_hash=dep.coordinator_policy_hash,
             workload_policy=dep.workload_policy,
             collect_latencies=collect_latencies,
+            check=check,
         )
         p = ctx.Process(target=loadgen.run, args=(cfg, counts, go, stop, messages), daemon=True)
         p.start()
@@ -342,7 +352,7 @@ def run_load(
     for r in results:
         if r.failure:
             raise BenchError(f"load process {r.index}: {r.failure}")
-        if r.flows and not r.checked:
+        if check and r.flows and not r.checked:
             raise BenchError(f"load process {r.index}: no issued certificate was checked")
     certs = n1 - n0
     window = t1 - t0
@@ -418,6 +428,34 @@ def sweep(
     finally:
         for proc, _ in servers.values():
             children.stop_server(proc)
+    return runs
+
+
+def rpc_floor(
+    children: Children, dep: BenchDeployment, workdir: Path, a: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The same load against the floor server (tests/bench/rpc_floor.py): server CPU per join
+    flow for gRPC, TLS and the servicers alone, at each concurrency of the sweep."""
+    proc, info = start_server(children, dep, workdir, 0, module=FLOOR_MODULE)
+    runs: list[dict[str, Any]] = []
+    try:
+        asyncio.run(set_manifest(dep, info["user"]))
+        for c in a.concurrency:
+            print(f"gRPC floor: concurrency={c} ...", flush=True)
+            run = run_load(
+                children,
+                dep,
+                proc,
+                info["mesh"],
+                concurrency=c,
+                clients=a.clients,
+                warmup=a.warmup,
+                duration=a.duration,
+                check=False,
+            )
+            runs.append(run)
+    finally:
+        children.stop_server(proc)
     return runs
 
 
@@ -576,6 +614,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                 "best_vs_best": best2 / best1 if best1 else float("nan"),
                 "target": POOL_RATIO_TARGET,
             }
+        summary.update(ceilings(report, best_eff, by))
     summary["inprocess_issuer_efficiency"] = report["inprocess"]["issuer_efficiency"]
     summary["inprocess_batch_runner_ratio_2_to_1"] = report["inprocess"]["batch_runner"][
         "ratio_2_to_1"
@@ -583,6 +622,45 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     if "rss" in report:
         summary["rss"] = {k: v for k, v in report["rss"].items() if k != "rss_samples"}
     return summary
+
+
+def ceilings(
+    report: dict[str, Any],
+    best_eff: dict[str, Any],
+    by: dict[tuple[int, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """What this machine allows at best, from figures of the same run.
+
+    - Efficiency: no server can spend less per certificate than the gRPC floor (same load, no
+      issuing) plus the in-process issuer, so ``baseline / (floor + issuer)`` bounds it.
+    - Pool 2 vs 1: the load shares the cores, so 2 workers can at most reach
+      ``cores / (server + client CPU per flow)``; divided by the 1-worker throughput that
+      bounds the ratio whatever the server does with its threads.
+    """
+    out: dict[str, Any] = {}
+    floor = {r["concurrency"]: r for r in report.get("rpc_floor", [])}
+    issuer = report["inprocess"]["issuer_cpu_s"]
+    baseline = report["inprocess"]["primitive_baseline_cpu_s"]
+    at = floor.get(best_eff["concurrency"])
+    if at is not None and at["certs"]:
+        out["rpc_floor_cpu_per_flow_s"] = at["server_cpu_per_cert_s"]
+        out["efficiency_ceiling"] = {
+            "concurrency": best_eff["concurrency"],
+            "value": baseline / (at["server_cpu_per_cert_s"] + issuer),
+            "server_cpu_per_cert_above_floor_s": best_eff["server_cpu_per_cert_s"]
+            - at["server_cpu_per_cert_s"],
+        }
+    cores = report["meta"]["cpu_count"] or 1
+    ratios = {}
+    for (w, c), two in by.items():
+        one = by.get((1, c))
+        if w != 2 or one is None or not one["throughput_certs_per_s"] or not two["certs"]:
+            continue
+        per_flow = two["server_cpu_per_cert_s"] + two["client_cpu_per_flow_s"]
+        ratios[str(c)] = cores / per_flow / one["throughput_certs_per_s"]
+    if ratios:
+        out["pool_ratio_ceiling"] = {"per_concurrency": ratios, "max": max(ratios.values())}
+    return out
 
 
 def rss_summary(run: dict[str, Any], wanted: int) -> dict[str, Any]:
@@ -612,7 +690,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for workers in sorted({r["workers"] for r in runs}):
         rows = sorted((r for r in runs if r["workers"] == workers), key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in rows]
-        label = f"{workers} issuer worker{'s' if workers > 1 else ''}"
+        label = (
+            "inline issuing" if workers == 0 else f"{workers} issuer thread{'s' * (workers > 1)}"
+        )
         ax1.plot(xs, [r["throughput_certs_per_s"] for r in rows], marker="o", label=label)
         ax2.plot(xs, [r["efficiency"] for r in rows], marker="o", label=label)
     for ax in (ax1, ax2):
@@ -622,6 +702,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("certificates / s")
     ax1.set_title("NewMeshCert throughput (full join flows)")
     ax2.axhline(E2E_EFFICIENCY_TARGET, color="grey", linestyle="--", label="target 0.6")
+    ceiling = report.get("summary", {}).get("efficiency_ceiling")
+    if ceiling:
+        ax2.axhline(
+            ceiling["value"],
+            color="black",
+            linestyle=":",
+            label=f"ceiling: gRPC floor + issuer ({ceiling['value']:.2f})",
+        )
     ax2.set_ylabel("baseline CPU / server CPU per cert")
     ax2.set_title("Server efficiency")
     ax1.set_ylim(bottom=0)
@@ -673,6 +761,20 @@ def print_table(report: dict[str, Any]) -> None:
             f"pool 2/1 workers throughput: best-vs-best {pr['best_vs_best']:.2f}, per "
             f"concurrency {json.dumps({k: round(v, 2) for k, v in pr['per_concurrency'].items()})}"
         )
+    if "efficiency_ceiling" in s:
+        ec = s["efficiency_ceiling"]
+        print(
+            f"gRPC floor (no issuing) at concurrency {ec['concurrency']}: "
+            f"{s['rpc_floor_cpu_per_flow_s'] * 1e3:.3f} ms server CPU per flow -> efficiency "
+            f"ceiling {ec['value']:.2f}; the best point spends "
+            f"{ec['server_cpu_per_cert_above_floor_s'] * 1e3:.3f} ms above the floor"
+        )
+    if "pool_ratio_ceiling" in s:
+        pc = s["pool_ratio_ceiling"]
+        print(
+            "pool 2/1 ceiling with the load on the same cores: "
+            f"{json.dumps({k: round(v, 2) for k, v in pc['per_concurrency'].items()})}"
+        )
     if "rss" in s:
         r = s["rss"]
         print(
@@ -684,14 +786,18 @@ def print_table(report: dict[str, Any]) -> None:
 # --- command line -----------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("values must be positive")
+    if not values or any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f"values must be {minimum} or more")
     return values
+
+
+def _pool_list(text: str) -> list[int]:
+    return _int_list(text, minimum=0)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -703,7 +809,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
     p.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64])
-    p.add_argument("--workers", type=_int_list, default=[1, 2], help="issuer pool sizes")
+    p.add_argument(
+        "--workers",
+        type=_pool_list,
+        default=[0, 1, 2],
+        help="issuer pool sizes (0: inline on the event loop)",
+    )
     p.add_argument("--clients", type=int, default=2, help="load processes (at most)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the sweep; medians reported")
     p.add_argument(
@@ -725,6 +836,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="stop the RSS run after this many seconds even if short of --rss-certs",
     )
     p.add_argument("--rss-only", action="store_true", help="skip the sweep, only the RSS run")
+    p.add_argument("--no-floor", action="store_true", help="skip the gRPC floor run (no issuing)")
     p.add_argument("--baseline-rounds", type=int, default=15)
     p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -788,6 +900,8 @@ def issuance(a: argparse.Namespace) -> int:
             report["inprocess"] = inprocess_figures(dep, a.baseline_rounds, 50)
             if not a.rss_only:
                 report["runs"] = sweep(children, dep, workdir, a)
+                if not a.no_floor:
+                    report["rpc_floor"] = rpc_floor(children, dep, workdir, a)
             report["summary"] = summarise(report)
             if a.rss_certs > 0:
                 workers = max(a.workers)

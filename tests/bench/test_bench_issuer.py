@@ -271,8 +271,9 @@ def test_batch_runner_pool_scaling(
     check_issued(state, one, benchmark.pedantic(roundtrip, rounds=20, iterations=1))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_batch_runner_delivers_each_error_to_its_caller(
-    issuer: Issuer, factory: RequestFactory
+    issuer: Issuer, factory: RequestFactory, workers: int
 ) -> None:
     """A rejected request in a batch fails alone; its neighbours still get certificates."""
     good = factory.batch(3)
@@ -284,7 +285,9 @@ def test_batch_runner_delivers_each_error_to_its_caller(
         token=bad.request.token,
         now=datetime.now(UTC) + timedelta(hours=1),
     )
-    runner: BatchRunner[IssueRequest, IssuedCertificate] = BatchRunner(issuer.issue, workers=2)
+    runner: BatchRunner[IssueRequest, IssuedCertificate] = BatchRunner(
+        issuer.issue, workers=workers
+    )
     try:
 
         async def drive() -> list[Any]:
@@ -345,3 +348,31 @@ def test_batch_runner_close_cancels_queued_and_refuses_new() -> None:
     results = asyncio.run(drive())
     assert results[0] == 0
     assert all(isinstance(r, asyncio.CancelledError) for r in results[1:])
+
+
+def test_batch_runner_inline_runs_on_the_loop_thread() -> None:
+    """workers=0: no thread is started; fn runs on the event loop's own thread."""
+    import threading
+
+    seen: list[str] = []
+
+    def record(x: int) -> int:
+        seen.append(threading.current_thread().name)
+        return x + 1
+
+    runner: BatchRunner[int, int] = BatchRunner(record, workers=0)
+
+    async def drive() -> list[int]:
+        return await asyncio.gather(*(runner.submit(i) for i in range(4)))
+
+    assert asyncio.run(drive()) == [1, 2, 3, 4]
+    assert seen == [threading.main_thread().name] * 4
+    assert runner._threads == []
+    runner.close()
+    with pytest.raises(RuntimeError):
+        asyncio.run(runner.submit(1))
+
+
+def test_batch_runner_refuses_negative_workers() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        BatchRunner(lambda x: x, workers=-1)

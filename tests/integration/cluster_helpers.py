@@ -258,7 +258,7 @@ class Cluster:
             "mesh_addr": "127.0.0.1:0",
             "http_addr": "127.0.0.1:0",
             "node_id": node_id,
-            "issuer_workers": 1,
+            "issuer_workers": 0,  # inline issuance in the subprocess coordinators
             "log_level": self.log_level,
         }
         if self.etcd_timeout is not None:

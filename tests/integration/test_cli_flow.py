@@ -223,6 +223,8 @@ def test_usage_errors_exit_2(deployment: Deployment, tmp_path: Path) -> None:
         ["verify", "-c", "127.0.0.1:1", "--out", str(tmp_path)],
         ["join", "-c", "127.0.0.1:1", "--out", str(tmp_path), "--key-type", "rsa512"],
         ["serve", "--no-such-flag"],
+        ["serve", "--issuer-workers", "-1"],
+        ["serve", "--issuer-workers", "two"],
         ["frobnicate"],
     ):
         assert cli.main(argv) == 2, argv
