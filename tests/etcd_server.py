@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -64,6 +66,26 @@ class EtcdError(RuntimeError):
     """etcd could not be found or did not come up; the message points at its log."""
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for an etcd that serves its clients over TLS (and, with ``client_ca``, wants
+    a client certificate issued by that CA). ``client_cert``/``client_key`` are what the
+    fixture itself presents to the health check."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None and self.client_key is not None:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
 class EtcdServer:
     """One etcd process; ``start()``/``stop()`` may be repeated on the same ports and data."""
 
@@ -75,6 +97,7 @@ class EtcdServer:
         name: str = "t",
         startup_timeout: float = 30.0,
         extra_args: tuple[str, ...] = (),
+        tls: EtcdTls | None = None,
     ) -> None:
         found = binary or find_etcd()
         if found is None:
@@ -83,6 +106,7 @@ class EtcdServer:
         self.name = name
         self.startup_timeout = startup_timeout
         self.extra_args = extra_args
+        self.tls = tls
         self._tmp: str | None = None
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="concord-etcd-")
@@ -107,7 +131,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -152,8 +176,17 @@ class EtcdServer:
             "50",
             "--election-timeout",
             "300",
+            *self._tls_args(),
             *self.extra_args,
         ]
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        args = ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key)]
+        if self.tls.client_ca is not None:
+            args += ["--client-cert-auth", "--trusted-ca-file", str(self.tls.client_ca)]
+        return args
 
     def start(self) -> EtcdServer:
         """Start (or restart) etcd and wait until it answers its health check."""
@@ -195,8 +228,11 @@ class EtcdServer:
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """etcd's own ``/health`` on the client listener (true only with a leader)."""
+        context = self.tls.context() if self.tls else None
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as r:
+            with urllib.request.urlopen(
+                f"{self.client_url}/health", timeout=timeout, context=context
+            ) as r:
                 return r.status == 200 and b'"true"' in r.read()
         except (OSError, urllib.error.URLError):
             return False

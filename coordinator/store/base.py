@@ -32,6 +32,12 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached (maps to UNAVAILABLE at the API)."""
 
 
+class StoreAccessDenied(StoreUnavailable):
+    """The backend answered but refused our credentials or their permissions: retrying will not
+    help, the configuration must change. Still UNAVAILABLE at the API (the caller's request was
+    fine); the message says which."""
+
+
 class StoreLocked(StoreError):
     """Another live process holds the store (file store directory lock)."""
 

@@ -40,6 +40,7 @@ from etcd3 import etcdrpc
 from coordinator.store.base import (
     ConcurrentUpdate,
     KeyNotFound,
+    StoreAccessDenied,
     StoreError,
     StoreUnavailable,
     check_key,
@@ -108,6 +109,20 @@ def _describe(exc: BaseException) -> str:
 def _is_auth_error(exc: BaseException) -> bool:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
+    return False
+
+
+def _is_denied(exc: BaseException) -> bool:
+    """Credentials or permissions refused. etcd reports a wrong password on Authenticate as
+    INVALID_ARGUMENT "authentication failed"."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return True
+        details = exc.details() if hasattr(exc, "details") else ""
+        return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in (
+            details or ""
+        )
     return False
 
 
@@ -531,6 +546,7 @@ class EtcdStore:
             start = self._current
         n = len(self._conns)
         reason = "no attempt"
+        denied = False
         for i in range(n if idempotent else 1):
             conn = self._conns[(start + i) % n]
             for reauth in (False, True):
@@ -538,6 +554,7 @@ class EtcdStore:
                     result = op(conn.client())
                 except _ETCD_ERRORS as exc:
                     reason = f"{conn.label}: {_describe(exc)}"
+                    denied = _is_denied(exc)
                     if _is_auth_error(exc) and not reauth:
                         # An expired token was refused before anything ran: log in again.
                         conn.reset()
@@ -547,6 +564,8 @@ class EtcdStore:
                 with self._lock:
                     self._current = (start + i) % n
                 return result
+        if denied:
+            raise StoreAccessDenied(f"etcd refused access ({reason})")
         raise StoreUnavailable(f"etcd unavailable ({reason})")
 
     async def _call(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:

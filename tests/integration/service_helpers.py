@@ -181,6 +181,7 @@ class Coordinators:
         *,
         policy: bytes = COORDINATOR_POLICY,
         tee_type: str = "snp",
+        etcd_options: Mapping[str, Any] | None = None,
     ) -> CoordinatorServer:
         self._count += 1
         policy_file = self.base / f"coordinator-policy-{self._count}"
@@ -196,6 +197,7 @@ class Coordinators:
                 mesh_addr="127.0.0.1:0",
                 http_addr="127.0.0.1:0",
                 issuer_workers=2,
+                etcd_options=dict(etcd_options or {}),
             )
         )
         await server.start()
@@ -497,8 +499,9 @@ async def deploy(
     *,
     store: str | None = None,
     owners: Sequence[ec.EllipticCurvePrivateKey] | None = None,
+    etcd_options: Mapping[str, Any] | None = None,
 ) -> Deployment:
-    server = await coordinators.start(store)
+    server = await coordinators.start(store, etcd_options=etcd_options)
     user = await connect(server, "user", tee=tee)
     manifest = manifest_bytes(
         manifest_dict(
