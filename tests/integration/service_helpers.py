@@ -182,6 +182,7 @@ class Coordinators:
         policy: bytes = COORDINATOR_POLICY,
         tee_type: str = "snp",
         etcd_options: Mapping[str, Any] | None = None,
+        deployment: str = "default",
     ) -> CoordinatorServer:
         self._count += 1
         policy_file = self.base / f"coordinator-policy-{self._count}"
@@ -198,6 +199,7 @@ class Coordinators:
                 http_addr="127.0.0.1:0",
                 issuer_workers=2,
                 etcd_options=dict(etcd_options or {}),
+                deployment=deployment,
             )
         )
         await server.start()
@@ -500,8 +502,9 @@ async def deploy(
     store: str | None = None,
     owners: Sequence[ec.EllipticCurvePrivateKey] | None = None,
     etcd_options: Mapping[str, Any] | None = None,
+    deployment: str = "default",
 ) -> Deployment:
-    server = await coordinators.start(store, etcd_options=etcd_options)
+    server = await coordinators.start(store, etcd_options=etcd_options, deployment=deployment)
     user = await connect(server, "user", tee=tee)
     manifest = manifest_bytes(
         manifest_dict(

@@ -357,40 +357,50 @@ async def test_user_cannot_reach_another_deployment(
 # --- the coordinator on a TLS etcd -------------------------------------------------------------
 
 
-async def test_coordinator_on_mutual_tls_etcd(
-    mtls_etcd: EtcdServer,
+@pytest.mark.parametrize("auth", ["client-certificate", "password"])
+async def test_coordinator_on_tls_etcd(
+    auth: str,
+    request: pytest.FixtureRequest,
     pki: Pki,
     coordinators: Coordinators,
     mock_tee: MockTee,
     keys: Keys,
 ) -> None:
-    """``ServerConfig.etcd_options`` (what ``--etcd-ca/--etcd-cert/--etcd-key`` become): the
-    first manifest is stored over mutual TLS, a workload joins, and the history is in etcd."""
-    options = {
-        "ca_cert": str(pki.ca),
-        "cert_key": str(pki.client_key),
-        "cert_cert": str(pki.client_cert),
-    }
+    """``ServerConfig.etcd_options`` (what the ``--etcd-*`` flags become): the first manifest
+    is stored over TLS, membership and watches run, a workload joins, and the history is in
+    etcd. With a password the user's role covers only the deployment's prefix."""
+    options: dict[str, str]
+    if auth == "client-certificate":
+        server: EtcdServer = request.getfixturevalue("mtls_etcd")
+        deployment = "default"
+        options = {
+            "ca_cert": str(pki.ca),
+            "cert_key": str(pki.client_key),
+            "cert_cert": str(pki.client_cert),
+        }
+    else:
+        server = request.getfixturevalue("auth_etcd")
+        deployment = request.getfixturevalue("concord_user")
+        options = {"ca_cert": str(pki.ca), "user": "concord", "password": PASSWORD}
     dep = await deploy(
         coordinators,
         mock_tee,
         keys,
-        store=f"etcd://{mtls_etcd.endpoint}",
+        store=f"etcd://{server.endpoint}",
         etcd_options=options,
+        deployment=deployment,
     )
     try:
         joined = await join(dep.mesh, mock_tee.provider(WEB_POLICY))
         assert joined.response.certificate_chain_pem
-        status, _ = await http_get(dep.server.addresses["http"], "/healthz")
+        status, _ = await http_get(dep.server.addresses["http"], "/readyz")
         assert status == 200
     finally:
         await dep.close()
     store = await EtcdStore.connect(
-        [mtls_etcd.endpoint],
-        dep.server.config.deployment,
-        ca_cert=pki.ca,
-        cert_key=pki.client_key,
-        cert_cert=pki.client_cert,
+        [server.endpoint],
+        deployment,
+        **options,  # type: ignore[arg-type]
     )
     try:
         assert await store.has(LATEST_KEY)
