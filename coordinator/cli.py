@@ -627,6 +627,12 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
     except ProviderError as exc:
         _err(f"evidence provider failed: {exc}")
         return 1
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # `concord ... | head`: the reader is gone, as with `cat`
+            _silence_stdout()
+            return 141
+        _err(_describe(exc, args))
+        return 1
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
@@ -638,6 +644,26 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
             traceback.print_exc()
         _err(_describe(exc, args))
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR on it)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _describe(exc: Exception, args: argparse.Namespace) -> str:

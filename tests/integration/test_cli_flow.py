@@ -212,6 +212,24 @@ def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> No
     assert f"usage: concord {command}" in capsys.readouterr().out
 
 
+def test_closed_stdout_is_not_an_error(tmp_path: Path) -> None:
+    """``concord ... | head``: the reader leaves early; concord stops quietly with 141 (as a
+    SIGPIPE'd tool would), not with "cannot reach the coordinator"."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "mock-tee", "init", str(tmp_path / "tee")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before concord writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert err == ""
+    assert (tmp_path / "tee").is_dir()  # the work itself was done
+
+
 def test_usage_errors_exit_2(deployment: Deployment, tmp_path: Path) -> None:
     # The real console path, once: no subcommand.
     proc = concord()
