@@ -98,6 +98,7 @@ class EtcdServer:
         startup_timeout: float = 30.0,
         extra_args: tuple[str, ...] = (),
         tls: EtcdTls | None = None,
+        initial_cluster: str | None = None,
     ) -> None:
         found = binary or find_etcd()
         if found is None:
@@ -107,6 +108,7 @@ class EtcdServer:
         self.startup_timeout = startup_timeout
         self.extra_args = extra_args
         self.tls = tls
+        self.initial_cluster = initial_cluster  # None: a cluster of this member alone
         self._tmp: str | None = None
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="concord-etcd-")
@@ -163,7 +165,7 @@ class EtcdServer:
             "--initial-advertise-peer-urls",
             self.peer_url,
             "--initial-cluster",
-            f"{self.name}={self.peer_url}",
+            self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state",
             "new",
             "--logger",
@@ -294,6 +296,57 @@ class EtcdServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"EtcdServer({self.endpoint}, {state})"
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster (quorum ``size // 2 + 1``).
+
+    Members can be killed and started again individually; ``endpoints`` lists them all, in
+    the form ``EtcdStore.connect`` and ``--store etcd://`` take."""
+
+    def __init__(self, size: int = 3, *, startup_timeout: float = 30.0) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._tmp = tempfile.mkdtemp(prefix="concord-etcd-cluster-")
+        root = Path(self._tmp)
+        self.members = [
+            EtcdServer(
+                data_dir=root / f"m{i}" / "data", name=f"m{i}", startup_timeout=startup_timeout
+            )
+            for i in range(size)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self) -> EtcdCluster:
+        """Start every member (none is healthy before a quorum runs), then wait for each."""
+        for m in self.members:
+            if not m.running:
+                m._spawn()
+        for m in self.members:
+            if not m._wait_healthy():
+                self.close()
+                raise EtcdError(f"etcd member {m.name} did not become healthy; see {m.log_path}")
+        return self
+
+    def member_at(self, endpoint: str) -> EtcdServer:
+        return next(m for m in self.members if m.endpoint == endpoint)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @atexit.register
