@@ -32,7 +32,12 @@ from attestation.reference import TdxReference
 from attestation.tdx.collateral import TdxCollateral, evaluate_tcb, verify_collateral
 from attestation.tdx.pck import check_aware, verify_pck_chain
 from attestation.tdx.policy import TdxClaims, match_references
-from attestation.tdx.quote import TdxQuote, parse_quote
+from attestation.tdx.quote import (
+    INTEL_QE_VENDOR_ID,
+    TdxQuote,
+    UnsupportedQuoteType,
+    parse_quote,
+)
 
 
 class MissingCollateral(CollateralRejected):
@@ -93,6 +98,13 @@ def verify_tdx(
         raise ValueError("expected_report_data must be 64 bytes")
 
     q = parse_quote(quote)
+    if q.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
+        # Only Intel's quoting enclave is anchored here (its identity is what the QE identity
+        # collateral describes); a quote from another QE is refused before any signature work.
+        raise UnsupportedQuoteType(
+            f"quote.header.qe_vendor_id: {q.header.qe_vendor_id.hex()}, expected Intel's QE "
+            f"{INTEL_QE_VENDOR_ID.hex()}"
+        )
     pck = verify_pck_chain(q.pck_chain_der, anchors, now, cache)
 
     if not _ecdsa_verify(pck.public_key, q.qe_report_signature, q.qe_report.raw):

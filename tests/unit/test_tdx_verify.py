@@ -299,7 +299,13 @@ def _tamper_collateral(field: str) -> Callable[[Ctx, MockIntel, Path], Ctx]:
 CASES: list[Case] = [
     # header
     ("real", "header user_data bit", _q(lambda q: _flip(q, 30)), SignatureInvalid),
-    ("real", "header qe_vendor_id bit", _q(lambda q: _flip(q, 13)), SignatureInvalid),
+    ("real", "header qe_vendor_id bit", _q(lambda q: _flip(q, 13)), UnsupportedQuoteType),
+    (
+        "mock",
+        "qe_vendor_id not Intel (signed)",
+        _requote(qe_vendor_id=bytes(16)),
+        UnsupportedQuoteType,
+    ),
     ("mock", "header user_data bit", _q(lambda q: _flip(q, 47, 7)), SignatureInvalid),
     ("real", "version 3", _q(lambda q: _put(q, 0, "<H", 3)), UnsupportedVersion),
     ("real", "version 6", _q(lambda q: _put(q, 0, "<H", 6)), UnsupportedVersion),
