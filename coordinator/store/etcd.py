@@ -96,40 +96,47 @@ class InvalidEndpoint(StoreConfigError):
     pass
 
 
+def _status(exc: BaseException) -> tuple[grpc.StatusCode | None, str] | None:
+    """(code, details) of a gRPC error; None for anything else."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        details = exc.details() if hasattr(exc, "details") else ""
+        return exc.code(), details or ""
+    return None
+
+
 def _describe(exc: BaseException) -> str:
     """A short reason for logs and errors: the gRPC code and etcd's message, never values."""
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        code = exc.code()
-        details = exc.details() if hasattr(exc, "details") else ""
-        name = code.name if code is not None else "UNKNOWN"
-        return f"{name}: {details}" if details else name
-    return str(exc) or type(exc).__name__
+    status = _status(exc)
+    if status is None:
+        return str(exc) or type(exc).__name__
+    code, details = status
+    name = code.name if code is not None else "UNKNOWN"
+    return f"{name}: {details}" if details else name
+
+
+def _has_code(exc: BaseException, code: grpc.StatusCode) -> bool:
+    status = _status(exc)
+    return status is not None and status[0] == code
 
 
 def _is_auth_error(exc: BaseException) -> bool:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
-    return False
+    return _has_code(exc, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return _has_code(exc, grpc.StatusCode.NOT_FOUND)
 
 
 def _is_denied(exc: BaseException) -> bool:
     """Credentials or permissions refused. etcd reports a wrong password on Authenticate as
     INVALID_ARGUMENT "authentication failed"."""
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        code = exc.code()
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return True
-        details = exc.details() if hasattr(exc, "details") else ""
-        return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in (
-            details or ""
-        )
-    return False
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return bool(exc.code() == grpc.StatusCode.NOT_FOUND)
-    return False
+    status = _status(exc)
+    if status is None:
+        return False
+    code, details = status
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return True
+    return code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details
 
 
 def _parse_endpoint(text: str) -> tuple[str, int]:

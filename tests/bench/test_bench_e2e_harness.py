@@ -59,6 +59,16 @@ def test_summary_efficiency_ratio_and_ceilings() -> None:
     assert s["efficiency_ceiling"]["server_cpu_per_cert_above_floor_s"] == pytest.approx(0.0009)
     # 2 cores / (1.2 + 0.8 ms per flow) = 1000 flows/s at most, over 500 with one worker
     assert s["pool_ratio_ceiling"]["per_concurrency"]["16"] == pytest.approx(2.0)
+    assert s["pool_ratio_ceiling"]["at_best_2_worker_point"] == pytest.approx(2.0)
+
+
+def test_pool_ceiling_is_judged_where_two_workers_peak() -> None:
+    report = _report()
+    report["runs"] += [_point(1, 1, 300.0, 0.0015, 0.001), _point(2, 1, 310.0, 0.0015, 0.001)]
+    s = summarise(report)
+    # at concurrency 1: 2 / 2.5 ms = 800/s over 300/s; the peak (16) gives 2.0
+    assert s["pool_ratio_ceiling"]["per_concurrency"]["1"] == pytest.approx(800 / 300)
+    assert s["pool_ratio_ceiling"]["at_best_2_worker_point"] == pytest.approx(2.0)
 
 
 def test_ceilings_need_matching_figures() -> None:
