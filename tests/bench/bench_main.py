@@ -392,6 +392,30 @@ def run_load(
     return out
 
 
+def sweep_point(
+    children: Children,
+    dep: BenchDeployment,
+    proc: subprocess.Popen[bytes],
+    info: dict[str, Any],
+    concurrency: int,
+    a: argparse.Namespace,
+    *,
+    check: bool = True,
+) -> dict[str, Any]:
+    """One timed point of a sweep: the command line's clients, warm-up and duration."""
+    return run_load(
+        children,
+        dep,
+        proc,
+        info["mesh"],
+        concurrency=concurrency,
+        clients=a.clients,
+        warmup=a.warmup,
+        duration=a.duration,
+        check=check,
+    )
+
+
 def sweep(
     children: Children, dep: BenchDeployment, workdir: Path, a: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -412,16 +436,7 @@ def sweep(
                 for workers in order:
                     proc, info = servers[workers]
                     print(f"repeat={repeat} workers={workers} concurrency={c} ...", flush=True)
-                    run = run_load(
-                        children,
-                        dep,
-                        proc,
-                        info["mesh"],
-                        concurrency=c,
-                        clients=a.clients,
-                        warmup=a.warmup,
-                        duration=a.duration,
-                    )
+                    run = sweep_point(children, dep, proc, info, c, a)
                     run["workers"] = workers
                     run["repeat"] = repeat
                     runs.append(run)
@@ -442,18 +457,7 @@ def rpc_floor(
         asyncio.run(set_manifest(dep, info["user"]))
         for c in a.concurrency:
             print(f"gRPC floor: concurrency={c} ...", flush=True)
-            run = run_load(
-                children,
-                dep,
-                proc,
-                info["mesh"],
-                concurrency=c,
-                clients=a.clients,
-                warmup=a.warmup,
-                duration=a.duration,
-                check=False,
-            )
-            runs.append(run)
+            runs.append(sweep_point(children, dep, proc, info, c, a, check=False))
     finally:
         children.stop_server(proc)
     return runs
