@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -131,7 +132,9 @@ def start_server(
     workdir: Path,
     workers: int,
     module: str = SERVER_MODULE,
+    cpus: Sequence[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a coordinator process (``cpus``: pin it, and every thread it makes, to those)."""
     store = workdir / f"store-{workers}w-{time.monotonic_ns()}"
     store.mkdir()
     policy_file = workdir / "coordinator-policy"
@@ -169,7 +172,7 @@ def start_server(
         stderr=log,
         start_new_session=True,
         cwd=_repo_root(),
-        preexec_fn=_die_with_parent,
+        preexec_fn=functools.partial(_prepare_server, cpus),
     )
     children.servers.append(proc)
     log.close()
@@ -184,12 +187,15 @@ def start_server(
     return proc, info
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (Linux)."""
+def _prepare_server(cpus: Sequence[int] | None) -> None:
+    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (Linux); the
+    CPU pinning, if any, which every thread of the coordinator inherits."""
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def fetch_server_certificate(address: str, timeout: float = 10.0) -> bytes:
@@ -265,6 +271,7 @@ def run_load(
     collect_latencies: bool = True,
     time_limit: float = 600.0,
     check: bool = True,
+    cpus: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run ``concurrency`` flow loops over ``clients`` processes; measure a window.
 
@@ -290,6 +297,7 @@ def run_load(
             workload_policy=dep.workload_policy,
             collect_latencies=collect_latencies,
             check=check,
+            cpus=tuple(cpus or ()),
         )
         p = ctx.Process(target=loadgen.run, args=(cfg, counts, go, stop, messages), daemon=True)
         p.start()
@@ -331,6 +339,7 @@ def run_load(
             assert duration is not None
             time.sleep(duration)
         t1, cpu1, n1 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
+        server_cpus = sorted(os.sched_getaffinity(pid))
         threads = thread_groups(pid, threads0, proc_thread_cpu(pid))
         sys1 = system_cpu_seconds()
         rss_kb, hwm_kb = proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")
@@ -385,6 +394,7 @@ def run_load(
         "client_cpu_per_flow_s": client_cpu / client_flows if client_flows else float("nan"),
         "machine_busy_cores": busy / window if window > 0 else 0.0,
         "server_rss_kb": rss_kb,
+        "server_cpus": server_cpus,
         "server_hwm_kb": hwm_kb,
     }
     if samples:
@@ -413,6 +423,7 @@ def sweep_point(
         warmup=a.warmup,
         duration=a.duration,
         check=check,
+        cpus=a.load_cpus,
     )
 
 
@@ -426,7 +437,7 @@ def sweep(
     runs: list[dict[str, Any]] = []
     try:
         for workers in a.workers:
-            servers[workers] = start_server(children, dep, workdir, workers)
+            servers[workers] = start_server(children, dep, workdir, workers, cpus=a.server_cpus)
             asyncio.run(set_manifest(dep, servers[workers][1]["user"]))
         step = 0
         for repeat in range(a.repeat):
@@ -451,7 +462,7 @@ def rpc_floor(
 ) -> list[dict[str, Any]]:
     """The same load against the floor server (tests/bench/rpc_floor.py): server CPU per join
     flow for gRPC, TLS and the servicers alone, at each concurrency of the sweep."""
-    proc, info = start_server(children, dep, workdir, 0, module=FLOOR_MODULE)
+    proc, info = start_server(children, dep, workdir, 0, module=FLOOR_MODULE, cpus=a.server_cpus)
     runs: list[dict[str, Any]] = []
     try:
         asyncio.run(set_manifest(dep, info["user"]))
@@ -654,7 +665,10 @@ def ceilings(
             "server_cpu_per_cert_above_floor_s": best_eff["server_cpu_per_cert_s"]
             - at["server_cpu_per_cert_s"],
         }
-    cores = report["meta"]["cpu_count"] or 1
+    shared = report["meta"].get("shared_cpus")
+    if shared is None:  # server and load pinned apart: the load takes nothing from the server
+        return out
+    cores = shared
     ratios = {}
     for (w, c), two in by.items():
         one = by.get((1, c))
@@ -814,6 +828,30 @@ def _pool_list(text: str) -> list[int]:
     return _int_list(text, minimum=0)
 
 
+def _cpu_list(text: str) -> list[int]:
+    """``0,2-3`` style CPU numbers, each one this process may run on."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPUs like 0,2-3, got {text!r}") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"CPUs {sorted(cpus)} not within {sorted(allowed)}")
+    return sorted(cpus)
+
+
+def _shared_cpus(server: list[int] | None, load: list[int] | None) -> int | None:
+    """How many cores the server and the load compete for; None when pinned apart."""
+    every = os.sched_getaffinity(0)
+    s, l_ = set(server or every), set(load or every)
+    if not s & l_:
+        return None
+    return len(s | l_)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="hack/bench", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -851,6 +889,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--rss-only", action="store_true", help="skip the sweep, only the RSS run")
     p.add_argument("--no-floor", action="store_true", help="skip the gRPC floor run (no issuing)")
+    p.add_argument(
+        "--server-cpus",
+        type=_cpu_list,
+        help="pin the coordinator to these CPUs (e.g. 0-1); with --load-cpus apart, the load "
+        "no longer competes with it",
+    )
+    p.add_argument("--load-cpus", type=_cpu_list, help="pin the load processes to these CPUs")
     p.add_argument("--baseline-rounds", type=int, default=15)
     p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -889,6 +934,9 @@ def issuance(a: argparse.Namespace) -> int:
             "started": datetime.now(UTC).isoformat(),
             "argv": sys.argv,
             "cpu_count": os.cpu_count(),
+            "server_cpus": a.server_cpus,
+            "load_cpus": a.load_cpus,
+            "shared_cpus": _shared_cpus(a.server_cpus, a.load_cpus),
             "python": platform.python_version(),
             "cryptography": _version("cryptography"),
             "grpcio": _version("grpcio"),
@@ -927,7 +975,7 @@ def issuance(a: argparse.Namespace) -> int:
                     f"concurrency={conc} ...",
                     flush=True,
                 )
-                proc, info = start_server(children, dep, workdir, workers)
+                proc, info = start_server(children, dep, workdir, workers, cpus=a.server_cpus)
                 try:
                     asyncio.run(set_manifest(dep, info["user"]))
                     run = run_load(
@@ -942,6 +990,7 @@ def issuance(a: argparse.Namespace) -> int:
                         until_certs=a.rss_certs,
                         collect_latencies=False,
                         time_limit=a.rss_time_limit,
+                        cpus=a.load_cpus,
                     )
                     run["workers"] = workers
                     report["rss"] = rss_summary(run, a.rss_certs)

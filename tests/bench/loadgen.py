@@ -49,6 +49,7 @@ class LoadConfig:
     workload_policy: bytes
     collect_latencies: bool = True
     check: bool = True  # False against the gRPC floor server, whose answers are canned
+    cpus: tuple[int, ...] = ()  # pin this process (and the threads it makes) to these CPUs
 
 
 @dataclass
@@ -176,6 +177,8 @@ def run(cfg: LoadConfig, counts: Any, go: Any, stop: Any, queue: Any) -> None:
     """Process entry point: reports ("done", result) or ("failed", index, message), then exits
     once the message is flushed, or at once if the harness is gone (nobody would read it)."""
     parent = os.getppid()
+    if cfg.cpus:
+        os.sched_setaffinity(0, cfg.cpus)
     msg: tuple[Any, ...]
     try:
         msg = ("done", asyncio.run(_main(cfg, counts, go, stop, queue)))

@@ -4,6 +4,7 @@ figures, and one short real run (coordinator process, load processes, gRPC floor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def _point(workers: int, conc: int, tput: float, srv: float, cli: float) -> dict
 
 def _report() -> dict[str, Any]:
     return {
-        "meta": {"cpu_count": 2},
+        "meta": {"cpu_count": 2, "shared_cpus": 2},
         "inprocess": {
             "primitive_baseline_cpu_s": 0.0006,
             "issuer_cpu_s": 0.0007,
@@ -71,6 +72,14 @@ def test_pool_ceiling_is_judged_where_two_workers_peak() -> None:
     assert s["pool_ratio_ceiling"]["at_best_2_worker_point"] == pytest.approx(2.0)
 
 
+def test_no_pool_ceiling_when_the_load_is_pinned_apart() -> None:
+    report = _report()
+    report["meta"]["shared_cpus"] = None
+    s = summarise(report)
+    assert "pool_ratio_ceiling" not in s
+    assert s["efficiency_ceiling"]["value"] == pytest.approx(0.6)  # still measured
+
+
 def test_ceilings_need_matching_figures() -> None:
     """No floor at the best point's concurrency, no 1-worker point: no ceiling is made up."""
     report = _report()
@@ -106,6 +115,10 @@ def test_short_real_run(tmp_path: Path) -> None:
             "1",
             "--timeout",
             "100",
+            "--server-cpus",
+            "0",
+            "--load-cpus",
+            ",".join(map(str, sorted(os.sched_getaffinity(0)))),
         ],
         cwd=REPO,
         capture_output=True,
@@ -116,7 +129,10 @@ def test_short_real_run(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert "error" not in report
     assert {(r["workers"], r["concurrency"]) for r in report["runs"]} == {(1, 4), (2, 4)}
+    assert report["meta"]["server_cpus"] == [0]
+    assert report["meta"]["shared_cpus"] == len(os.sched_getaffinity(0))
     for run in report["runs"]:
+        assert run["server_cpus"] == [0]  # read off the running coordinator
         assert run["certs"] > 0 and not run["errors"]
         assert run["server_cpu_per_cert_s"] > report["inprocess"]["primitive_baseline_cpu_s"] / 2
         assert 0 < run["efficiency"] < 2
@@ -128,3 +144,15 @@ def test_short_real_run(tmp_path: Path) -> None:
     assert 0 < summary["efficiency_ceiling"]["value"] < 2
     assert summary["pool_ratio_ceiling"]["per_concurrency"].keys() == {"4"}
     assert "gRPC floor (no issuing)" in proc.stdout
+
+
+def test_cpu_lists_are_parsed_and_checked() -> None:
+    import argparse
+
+    from tests.bench.bench_main import _cpu_list
+
+    every = sorted(os.sched_getaffinity(0))
+    assert _cpu_list(f"{every[0]}-{every[-1]}") == every
+    for bad in ("", "x", "1-a", "4096"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _cpu_list(bad)
