@@ -283,7 +283,11 @@ class EtcdServer:
         _LIVE.discard(self)
 
     def __enter__(self) -> EtcdServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # nothing left behind when it never came up
+            raise
 
     def __exit__(
         self,

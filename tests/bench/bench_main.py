@@ -846,10 +846,10 @@ def _cpu_list(text: str) -> list[int]:
 def _shared_cpus(server: list[int] | None, load: list[int] | None) -> int | None:
     """How many cores the server and the load compete for; None when pinned apart."""
     every = os.sched_getaffinity(0)
-    s, l_ = set(server or every), set(load or every)
-    if not s & l_:
+    server_set, load_set = set(server or every), set(load or every)
+    if not server_set & load_set:
         return None
-    return len(s | l_)
+    return len(server_set | load_set)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -3,6 +3,7 @@ figures, and one short real run (coordinator process, load processes, gRPC floor
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.bench_main import ceilings, summarise
+from tests.bench.bench_main import _cpu_list, ceilings, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,10 +148,6 @@ def test_short_real_run(tmp_path: Path) -> None:
 
 
 def test_cpu_lists_are_parsed_and_checked() -> None:
-    import argparse
-
-    from tests.bench.bench_main import _cpu_list
-
     every = sorted(os.sched_getaffinity(0))
     assert _cpu_list(f"{every[0]}-{every[-1]}") == every
     for bad in ("", "x", "1-a", "4096"):

@@ -27,12 +27,8 @@ def etcd_server() -> Iterator[EtcdServer]:
     """
     if find_etcd() is None:
         pytest.skip("etcd binary not installed")
-    server = EtcdServer()
-    try:
-        server.start()
+    with EtcdServer() as server:
         yield server
-    finally:
-        server.close()
     assert not server.running
 
 
