@@ -78,3 +78,21 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class MembershipStore(Store, Protocol):
+    """A Store that also keeps lease-bound member keys (``members/<id>``, DESIGN §8)."""
+
+    async def put_member(self, member_id: str, value: bytes, ttl: int) -> None:
+        """Publish (or update) ``members/<member_id>`` bound to a lease of ``ttl`` seconds and
+        keep it alive until :meth:`stop_member`."""
+        ...
+
+    async def stop_member(self, member_id: str, *, revoke: bool = True) -> None: ...
+
+    async def list_members(self) -> dict[str, bytes]: ...
+
+    def watch_members(self) -> AsyncIterator[dict[str, bytes]]:
+        """The member set now, then again after every change."""
+        ...

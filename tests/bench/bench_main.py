@@ -41,9 +41,9 @@ from typing import Any
 
 from attestation.verify import Verifier
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import AttestedChannel, CoordinatorPolicy
-from coordinator.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
-from coordinator.tlsid import SERVER_NAME
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicy
+from coordinator.core.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
+from coordinator.core.tlsid import SERVER_NAME
 from tests.bench import loadgen
 from tests.bench.harness import (
     BenchDeployment,

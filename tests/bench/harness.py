@@ -33,11 +33,11 @@ from attestation.providers import mock
 from attestation.providers.mock import MockProvider
 from attestation.reference import ReferenceValues, parse_reference_values
 from attestation.verify import Verifier
-from coordinator.challenge import issue_token
-from coordinator.history import History
-from coordinator.issuance import IssueRequest
-from coordinator.sealing import generate_keypair
-from coordinator.state import Guard, State
+from coordinator.core.challenge import issue_token
+from coordinator.core.history import History
+from coordinator.core.issuance import IssueRequest
+from coordinator.core.sealing import generate_keypair
+from coordinator.core.state import Guard, State
 from coordinator.store.memory import MemoryStore
 
 COORDINATOR_POLICY = b"concord-bench: coordinator policy\n"

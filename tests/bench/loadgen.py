@@ -30,8 +30,8 @@ from attestation.binding import mesh_cert_report_data
 from attestation.providers.mock import MockProvider
 from attestation.reference import parse_reference_values
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import AttestedChannel, CoordinatorPolicy
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, generate_keypair, open_sealed
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicy
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, generate_keypair, open_sealed
 
 RPC_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 10.0

@@ -17,11 +17,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from coordinator import server as server_module
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.cli import main as cli_main
-from coordinator.meshapi import MeshService
-from coordinator.rpc import rpc
+from coordinator.service import server as server_module
+from coordinator.service.context import rpc
+from coordinator.service.meshapi import MeshService
 
 
 class CannedMeshService(MeshService):

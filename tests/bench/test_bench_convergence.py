@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.providers import mock
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.authz import public_spki, set_manifest_message, sign_owner
-from coordinator.history import transition_hash
+from coordinator.core.authz import public_spki, set_manifest_message, sign_owner
+from coordinator.core.history import transition_hash
 from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.cluster_helpers import (
     COORDINATOR_POLICY,

@@ -21,11 +21,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.errors import ReportDataMismatch
 from attestation.verify import Verifier
-from coordinator.ca import leaf_claims
-from coordinator.challenge import TokenExpired, TokenWrongTransition, issue_token
-from coordinator.issuance import LEAF_REUSE, BatchRunner, IssuedCertificate, Issuer, IssueRequest
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
-from coordinator.state import State
+from coordinator.core.ca import leaf_claims
+from coordinator.core.challenge import TokenExpired, TokenWrongTransition, issue_token
+from coordinator.core.issuance import (
+    LEAF_REUSE,
+    BatchRunner,
+    IssuedCertificate,
+    Issuer,
+    IssueRequest,
+)
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
+from coordinator.core.state import State
 from tests.bench.harness import (
     WORKLOAD_SANS,
     WORKLOAD_SECRET_ID,

@@ -27,16 +27,16 @@ from cryptography.hazmat.primitives import serialization
 from attestation.providers.mock import MockProvider
 from attestation.verify import Verifier
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.history import BlobCache, History, SignedLatest, Transition
-from coordinator.issuance import BatchRunner
-from coordinator.manifest import Manifest
-from coordinator.metrics import Metrics
-from coordinator.rpc import Coordinator
-from coordinator.sealing import generate_keypair
-from coordinator.seedengine import SeedEngine
-from coordinator.state import Guard, State
+from coordinator.core.history import BlobCache, History, SignedLatest, Transition
+from coordinator.core.issuance import BatchRunner
+from coordinator.core.manifest import Manifest
+from coordinator.core.sealing import generate_keypair
+from coordinator.core.seedengine import SeedEngine
+from coordinator.core.state import Guard, State
+from coordinator.service.context import Coordinator
+from coordinator.service.metrics import Metrics
+from coordinator.service.userapi import UserService
 from coordinator.store.memory import MemoryStore
-from coordinator.userapi import UserService
 from tests.bench.harness import (
     COORDINATOR_POLICY,
     WORKLOAD_POLICY,

@@ -1,7 +1,7 @@
 """A local multi-coordinator deployment on loopback: one etcd, N coordinator *processes* with the
 software TEE. Shared by the cluster tests, the convergence benchmark and ``hack/cluster``.
 
-Each coordinator runs ``coordinator.server.serve`` in its own interpreter (``sys.executable``),
+Each coordinator runs ``coordinator.service.server.serve`` in its own interpreter (``sys.executable``),
 with every port chosen by the kernel; the process prints one JSON line
 ``{"event": "serving", "pid", "user", "mesh", "http"}`` once it listens, which is how its
 addresses are learnt. Slots keep their node id across restarts (``c0``, ``c1``, ...), so a
@@ -50,7 +50,7 @@ SERVE_TIMEOUT = 30.0
 _CHILD = """
 import asyncio, json, sys
 from pathlib import Path
-from coordinator.server import ServerConfig, serve, setup_logging
+from coordinator.service.server import ServerConfig, serve, setup_logging
 cfg = json.loads(sys.argv[1])
 setup_logging(cfg.pop("log_level"))
 cfg["mock_policy"] = Path(cfg["mock_policy"])
@@ -326,7 +326,7 @@ async def server_certificate(address: str, timeout: float = 10.0) -> bytes:
     The TLS connection is aborted, not closed: a close_notify sent before the gRPC server wrote
     anything is never answered and a graceful close would wait for the SSL shutdown timeout.
     """
-    from coordinator.tlsid import SERVER_NAME
+    from coordinator.core.tlsid import SERVER_NAME
 
     host, _, port = address.rpartition(":")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -518,7 +518,7 @@ def coordinator_policy(mock_dir: Path, policy: bytes = COORDINATOR_POLICY) -> An
     from attestation import anchors
     from attestation.providers import mock
     from attestation.reference import parse_reference_values
-    from coordinator.client import CoordinatorPolicy
+    from coordinator.client.channel import CoordinatorPolicy
 
     refs = json.loads((Path(mock_dir) / mock.REFERENCE_FILE).read_text())
     return CoordinatorPolicy(
@@ -529,8 +529,8 @@ def coordinator_policy(mock_dir: Path, policy: bytes = COORDINATOR_POLICY) -> An
 
 
 async def attested(address: str, policy: Any, timeout: float = 10.0) -> Any:
-    """An attested channel (coordinator.client.AttestedChannel) to ``address``."""
-    from coordinator.client import AttestedChannel
+    """An attested channel (coordinator.client.channel.AttestedChannel) to ``address``."""
+    from coordinator.client.channel import AttestedChannel
 
     pinned = await server_certificate(address, timeout)
     return await AttestedChannel.connect(
@@ -543,7 +543,7 @@ def check_history(resp: Any) -> list[bytes]:
     hash) up to the signed ``latest``. Returns the transition hash after each manifest."""
     from cryptography.hazmat.primitives import serialization
 
-    from coordinator.history import ZERO_HASH, SignedLatest, transition_hash
+    from coordinator.core.history import ZERO_HASH, SignedLatest, transition_hash
 
     previous = ZERO_HASH
     chain: list[bytes] = []

@@ -6,8 +6,8 @@ is created once per session. Test modules import the fixtures they use from here
 the imports).
 
 What the helpers model is exactly what a real client does: attest the coordinator first
-(:class:`coordinator.client.AttestedChannel`), then drive the raw gRPC stubs, signing with
-:mod:`coordinator.authz`, sealing with :mod:`coordinator.sealing`, and producing workload
+(:class:`coordinator.client.channel.AttestedChannel`), then drive the raw gRPC stubs, signing with
+:mod:`coordinator.core.authz`, sealing with :mod:`coordinator.core.sealing`, and producing workload
 evidence with :class:`attestation.providers.mock.MockProvider` over report data from
 :mod:`attestation.binding`.
 """
@@ -37,7 +37,8 @@ from attestation.providers import mock as mock_tee_mod
 from attestation.providers.mock import MockProvider
 from attestation.reference import ReferenceValues, parse_reference_values
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.authz import (
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicy
+from coordinator.core.authz import (
     public_spki,
     recover_message,
     rsa_pkcs1_der,
@@ -45,12 +46,16 @@ from coordinator.authz import (
     sign_owner,
     sign_seedshare,
 )
-from coordinator.client import AttestedChannel, CoordinatorPolicy
-from coordinator.history import transition_hash
-from coordinator.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, generate_keypair, seal
-from coordinator.seedengine import SeedShareDocument, decrypt_seed_share
-from coordinator.server import CoordinatorServer, ServerConfig
-from coordinator.tlsid import SERVER_NAME
+from coordinator.core.history import transition_hash
+from coordinator.core.sealing import (
+    PURPOSE_USER_RECOVER,
+    UserRecoverySecret,
+    generate_keypair,
+    seal,
+)
+from coordinator.core.seedengine import SeedShareDocument, decrypt_seed_share
+from coordinator.core.tlsid import SERVER_NAME
+from coordinator.service.server import CoordinatorServer, ServerConfig
 
 COORDINATOR_POLICY = b"concord test policy: coordinator\n"
 WEB_POLICY = b"concord test policy: web frontend\n"
@@ -484,7 +489,7 @@ class Deployment:
     @property
     def secrets_hex(self) -> list[str]:
         """Secret values that must never appear in a status message or a log record."""
-        from coordinator.seedengine import SeedEngine
+        from coordinator.core.seedengine import SeedEngine
 
         engine = SeedEngine(self.seed, self.salt)
         return [self.seed.hex(), engine.pod_state_seed.hex(), engine.workload_secret("web").hex()]

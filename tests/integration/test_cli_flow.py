@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from attestation.providers import mock
 from coordinator import cli
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.authz import public_spki, rsa_pkcs1_der
-from coordinator.ca import CertificateAuthority, leaf_claims
-from coordinator.client import VerificationFailed, verify_history, verify_issued_chain
-from coordinator.demo import CoordinatorProcess, manifest_json, serve_args
-from coordinator.history import ZERO_HASH, SignedLatest, transition_hash
-from coordinator.seedengine import SeedEngine, SeedShareDocument
+from coordinator.cli.demo import CoordinatorProcess, manifest_json, serve_args
+from coordinator.client.operations import VerificationFailed, verify_history, verify_issued_chain
+from coordinator.core.authz import public_spki, rsa_pkcs1_der
+from coordinator.core.ca import CertificateAuthority, leaf_claims
+from coordinator.core.history import ZERO_HASH, SignedLatest, transition_hash
+from coordinator.core.seedengine import SeedEngine, SeedShareDocument
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

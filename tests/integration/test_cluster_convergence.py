@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.history import ZERO_HASH
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
+from coordinator.core.history import ZERO_HASH
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
 from tests.integration.cluster_helpers import (
     Cluster,
     CoordinatorProcess,

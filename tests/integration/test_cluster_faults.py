@@ -16,8 +16,8 @@ import pytest
 from cryptography import x509
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.history import LATEST_KEY, transition_hash
-from coordinator.recovery import ORPHAN_GRACE
+from coordinator.cluster.recovery import ORPHAN_GRACE
+from coordinator.core.history import LATEST_KEY, transition_hash
 from coordinator.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer
 from tests.integration.cluster_helpers import (

@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.client import CoordinatorPolicyMismatch
-from coordinator.recovery import Member, PeerRecovery, PeerRecoveryFailed
-from coordinator.server import CoordinatorServer, ServerConfig
-from coordinator.state import NotInitialized, RecoveryRejected
+from coordinator.client.channel import CoordinatorPolicyMismatch
+from coordinator.cluster.recovery import Member, PeerRecovery, PeerRecoveryFailed
+from coordinator.core.state import NotInitialized, RecoveryRejected
+from coordinator.service.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer, free_port
 from tests.integration.cluster_helpers import (

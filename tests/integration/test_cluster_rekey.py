@@ -1,5 +1,5 @@
 """An orphaned transition: ``latest`` moved by a coordinator that died before any peer copied
-its new mesh key (DESIGN §8 invariants; coordinator/recovery.py). Simulated deterministically by
+its new mesh key (DESIGN §8 invariants; coordinator/cluster/recovery.py). Simulated deterministically by
 writing a correctly signed transition straight into the store, so no coordinator holds its
 State. A surviving seed holder re-keys it, but only once no other member is ready."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.history import History, SignedLatest, Transition
-from coordinator.recovery import ORPHAN_GRACE, PeerRecovery
-from coordinator.server import CoordinatorServer, ServerConfig
+from coordinator.cluster.recovery import ORPHAN_GRACE, PeerRecovery
+from coordinator.core.history import History, SignedLatest, Transition
+from coordinator.service.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer
 from tests.integration.cluster_helpers import attested, manifest_v

@@ -44,7 +44,7 @@ class Result:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> Result:
-    """In-process: the same parser shape coordinator/cli.py builds, exit code as concord's."""
+    """In-process: the same parser shape coordinator/cli builds, exit code as concord's."""
     parser = argparse.ArgumentParser(prog="concord")
     cli.register(parser.add_subparsers(dest="command", required=True))
     try:

@@ -49,7 +49,7 @@ def test_plain_install_imports_without_repo_on_path(tmp_path: Path) -> None:
     )
     probe = (
         "import coordinator, attestation.anchors\n"
-        "from coordinator.seedengine import SeedEngine\n"
+        "from coordinator.core.seedengine import SeedEngine\n"
         "assert 'site-packages' in coordinator.__file__, coordinator.__file__\n"
         "attestation.anchors.production()\n"
         "print(coordinator.__file__)\n"

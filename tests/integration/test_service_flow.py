@@ -21,10 +21,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.ca import INTERMEDIATE_CN, ROOT_CN, leaf_claims
-from coordinator.history import ZERO_HASH, transition_hash
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
-from coordinator.seedengine import SeedEngine
+from coordinator.core.ca import INTERMEDIATE_CN, ROOT_CN, leaf_claims
+from coordinator.core.history import ZERO_HASH, transition_hash
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
+from coordinator.core.seedengine import SeedEngine
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     ALL_POLICIES,
     COORDINATOR_POLICY,

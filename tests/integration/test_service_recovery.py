@@ -18,10 +18,10 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from attestation.errors import ReportDataMismatch
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.authz import public_spki, recover_message, sign_seedshare
-from coordinator.client import AttestedChannel, CoordinatorPolicyMismatch
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed, seal
-from coordinator.server import CoordinatorServer
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicyMismatch
+from coordinator.core.authz import public_spki, recover_message, sign_seedshare
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed, seal
+from coordinator.service.server import CoordinatorServer
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     DENIED,
     INVALID,

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, open_sealed
+from coordinator.core.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, open_sealed
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     ALL_POLICIES,
     COORDINATOR_POLICY,
@@ -128,7 +128,7 @@ async def test_evidence_bound_to_other_report_data(
     # Valid evidence, but the leaf key is swapped for the attacker's.
     req = await join_request(deployed.mesh, provider)
     attacker = ec.generate_private_key(ec.SECP256R1())
-    from coordinator.authz import public_spki
+    from coordinator.core.authz import public_spki
 
     req.request.leaf_public_key = public_spki(attacker)
     await refusals.expect(deployed.mesh.mesh.NewMeshCert(req.request), DENIED, "evidence rejected")

@@ -51,7 +51,7 @@ async def main():
         ready()
     elif mode == "history":
         # args: manifest hex, previous transition hash hex; stop before History.set_latest
-        from coordinator.history import History, Transition
+        from coordinator.core.history import History, Transition
         history = History(store)
         digest = await history.put_manifest(bytes.fromhex(args[0]))
         await history.put_transition(Transition.create(digest, bytes.fromhex(args[1])))
@@ -254,10 +254,10 @@ async def test_crash_in_the_middle_of_the_latest_write(tmp_path: Path) -> None:
 
 
 async def test_crash_before_latest_cas_history_loads_and_verifies(tmp_path: Path) -> None:
-    """Same crash, checked through coordinator.history: the old latest verifies and walks."""
+    """Same crash, checked through coordinator.core.history: the old latest verifies and walks."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from coordinator.history import History, SignedLatest, Transition
+    from coordinator.core.history import History, SignedLatest, Transition
 
     directory = tmp_path / "store"
     key = ec.generate_private_key(ec.SECP256R1())

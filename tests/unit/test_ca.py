@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from coordinator.ca import (
+from coordinator.core.ca import (
     CA_NOT_AFTER,
     CA_NOT_BEFORE,
     INTERMEDIATE_CN,
@@ -33,7 +33,7 @@ from coordinator.ca import (
     leaf_claims,
     new_mesh_key,
 )
-from coordinator.seedengine import SeedEngine
+from coordinator.core.seedengine import SeedEngine
 
 SEED = bytes.fromhex("ccebed634ddee7535cd593e1e200b19b780f3906d8782207fa09c59e87a07cb3")
 SALT = bytes.fromhex("8c1b1225c5f6cb7eef6dbd8f77a1e1e149de031d6e3718e660a8b04c8e2b0037")

@@ -1,4 +1,4 @@
-"""Stateless challenge tokens (coordinator/challenge.py, DESIGN.md §7)."""
+"""Stateless challenge tokens (coordinator/core/challenge.py, DESIGN.md §7)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import challenge
-from coordinator.challenge import (
+from coordinator.core import challenge
+from coordinator.core.challenge import (
     TokenError,
     TokenExpired,
     TokenInvalidMac,

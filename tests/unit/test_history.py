@@ -9,7 +9,7 @@ import itertools
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from coordinator.history import (
+from coordinator.core.history import (
     LATEST_KEY,
     ZERO_HASH,
     BlobCache,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.manifest import (
+from coordinator.core.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_POLICIES,
     Manifest,

@@ -1,4 +1,4 @@
-"""HPKE sealed boxes and recovery payload codecs (coordinator/sealing.py, DESIGN.md §7)."""
+"""HPKE sealed boxes and recovery payload codecs (coordinator/core/sealing.py, DESIGN.md §7)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import sealing
-from coordinator.sealing import (
+from coordinator.core import sealing
+from coordinator.core.sealing import (
     InvalidPublicKey,
     PayloadError,
     PayloadFieldInvalid,

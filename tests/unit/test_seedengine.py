@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.seedengine import (
+from coordinator.core.seedengine import (
     P384_ORDER,
     SeedEngine,
     SeedEngineError,
@@ -185,7 +185,7 @@ def test_detkeygen_rejects_non_bytes() -> None:
 
 
 def test_detkeygen_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    import coordinator.seedengine as se
+    import coordinator.core.seedengine as se
 
     monkeypatch.setattr(se, "_hmac", lambda k, d: b"\xff" * 32)
     with pytest.raises(SeedEngineError, match="out of range"):

@@ -15,10 +15,10 @@ from functools import cache
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.history import LATEST_KEY, ZERO_HASH, History
-from coordinator.manifest import Manifest, ManifestError
-from coordinator.seedengine import SeedEngine
-from coordinator.state import (
+from coordinator.core.history import LATEST_KEY, ZERO_HASH, History
+from coordinator.core.manifest import Manifest, ManifestError
+from coordinator.core.seedengine import SeedEngine
+from coordinator.core.state import (
     ConcurrentUpdate,
     Guard,
     InvalidPolicies,

@@ -8,8 +8,9 @@ from typing import Any
 from attestation.binding import attest_report_data, state_digest
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.challenge import issue_token
-from coordinator.rpc import NONCE_SIZE, Coordinator, require_size, rpc
+from coordinator.core.challenge import issue_token
+from coordinator.core.limits import NONCE_SIZE
+from coordinator.service.context import Coordinator, require_size, rpc
 
 
 class AttestationService(pb_grpc.AttestationServicer):

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.ca import CertificateAuthority, new_mesh_key
-from coordinator.history import (
+from coordinator.core.ca import CertificateAuthority, new_mesh_key
+from coordinator.core.history import (
     ZERO_HASH,
     History,
     MalformedBlob,
@@ -30,8 +30,8 @@ from coordinator.history import (
     SignedLatest,
     Transition,
 )
-from coordinator.manifest import Manifest
-from coordinator.seedengine import SeedEngine
+from coordinator.core.manifest import Manifest
+from coordinator.core.seedengine import SeedEngine
 from coordinator.store.base import ConcurrentUpdate
 
 __all__ = [

@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from attestation.binding import mesh_cert_report_data
 from attestation.cache import BoundedCache
 from attestation.verify import VerifiedEvidence, Verifier
-from coordinator.ca import CA_NOT_AFTER, LEAF_BACKDATE
-from coordinator.challenge import check_token
-from coordinator.manifest import PolicyEntry
-from coordinator.sealing import PURPOSE_WORKLOAD_SECRET, seal
-from coordinator.state import State
+from coordinator.core.ca import CA_NOT_AFTER, LEAF_BACKDATE
+from coordinator.core.challenge import check_token
+from coordinator.core.manifest import PolicyEntry
+from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, seal
+from coordinator.core.state import State
 
 T = TypeVar("T")
 R = TypeVar("R")

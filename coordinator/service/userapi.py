@@ -14,19 +14,20 @@ from attestation.cache import BoundedCache
 from attestation.errors import EvidenceRejected
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.authz import (
+from coordinator.core.authz import (
     recover_message,
     set_manifest_message,
     spki_digest,
     verify_owner,
     verify_seedshare,
 )
-from coordinator.history import ZERO_HASH, MissingBlob, transition_hash
-from coordinator.manifest import Manifest
-from coordinator.rpc import NONCE_SIZE, Coordinator, Refused, require_size, rpc
-from coordinator.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, open_sealed
-from coordinator.seedengine import SeedEngine, SeedShareDocument
-from coordinator.state import NotInitialized, Stale, State
+from coordinator.core.history import ZERO_HASH, MissingBlob, transition_hash
+from coordinator.core.limits import NONCE_SIZE
+from coordinator.core.manifest import Manifest
+from coordinator.core.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, open_sealed
+from coordinator.core.seedengine import SeedEngine, SeedShareDocument
+from coordinator.core.state import NotInitialized, Stale, State
+from coordinator.service.context import Coordinator, Refused, require_size, rpc
 
 HASH_SIZE = 32
 

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from coordinator.manifest import ManifestError, parse_pkcs1_public_key
+from coordinator.core.manifest import ManifestError, parse_pkcs1_public_key
 
 SET_MANIFEST_DOMAIN = b"concord/v1/set-manifest\x00"
 RECOVER_DOMAIN = b"concord/v1/recover\x00"

@@ -21,20 +21,29 @@ from attestation.binding import BindingError
 from attestation.errors import EvidenceRejected, MalformedEvidence
 from attestation.providers.base import EvidenceProvider, ProviderError
 from attestation.verify import VerifiedEvidence, Verifier
-from coordinator.authz import SignatureError
-from coordinator.challenge import TokenError, TokenExpired, TokenMalformed, TokenWrongTransition
-from coordinator.history import HistoryError
-from coordinator.issuance import BatchRunner, IssuanceError, Issuer, PolicyNotInManifest
-from coordinator.manifest import Manifest, ManifestError
-from coordinator.metrics import Metrics
-from coordinator.sealing import PayloadError, SealingError
-from coordinator.state import Guard, InvalidPolicies, NotInitialized, RecoveryRejected, Stale, State
+from coordinator.core.authz import SignatureError
+from coordinator.core.challenge import (
+    TokenError,
+    TokenExpired,
+    TokenMalformed,
+    TokenWrongTransition,
+)
+from coordinator.core.history import HistoryError
+from coordinator.core.issuance import BatchRunner, IssuanceError, Issuer, PolicyNotInManifest
+from coordinator.core.manifest import Manifest, ManifestError
+from coordinator.core.sealing import PayloadError, SealingError
+from coordinator.core.state import (
+    Guard,
+    InvalidPolicies,
+    NotInitialized,
+    RecoveryRejected,
+    Stale,
+    State,
+)
+from coordinator.service.metrics import Metrics
 from coordinator.store.base import ConcurrentUpdate, StoreError, StoreUnavailable
 
 log = logging.getLogger("concord.rpc")
-
-MAX_MESSAGE = 4 * 1024 * 1024
-NONCE_SIZE = 32
 
 
 class Refused(Exception):
@@ -187,14 +196,6 @@ def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def split_address(address: str, what: str = "address") -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 hosts may be bracketed) into host and port; ValueError otherwise."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{what} must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
 
 
 def require_size(value: bytes, size: int, field_name: str) -> bytes:

@@ -1,205 +1,41 @@
-"""Client side of the attested channel (DESIGN §7).
-
-Fetch the server certificate with a plain TLS handshake, pin the gRPC channel to exactly that
-certificate, call ``Attest`` with a fresh nonce, and accept the coordinator only when its
-evidence verifies against the expected reference values and coordinator policy and binds the
-pinned TLS key, the HPKE key, the nonce and the state digest. Nothing else is sent before that.
-"""
+"""Client operations over the attested channel (DESIGN §7, §11)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import ssl
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-
-import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from attestation.anchors import TrustAnchors
-from attestation.binding import attest_report_data, state_digest
-from attestation.errors import EvidenceRejected
-from attestation.reference import ReferenceValues
-from attestation.verify import VerifiedEvidence, Verifier
-from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.rpc import MAX_MESSAGE, split_address
-from coordinator.tlsid import SERVER_NAME
-
-NONCE_SIZE = 32
-
-
-class AttestationFailed(Exception):
-    """The coordinator could not be verified; nothing was sent to it."""
-
-
-class CoordinatorPolicyMismatch(AttestationFailed):
-    pass
-
-
-@dataclass(frozen=True)
-class CoordinatorPolicy:
-    """What a client expects of a coordinator. ``policy_hash`` None: any policy (not pinned)."""
-
-    anchors: TrustAnchors
-    reference_values: ReferenceValues
-    policy_hash: bytes | None
-
-
-async def fetch_certificate(address: str, timeout: float = 10.0) -> bytes:
-    """The DER certificate the server presents, unverified: trust comes from attestation."""
-    host, port = split_address(address, "coordinator address")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["h2"])
-    _reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=ctx, server_hostname=SERVER_NAME), timeout
-    )
-    try:
-        sslobj = writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        if not der:
-            raise AttestationFailed("server presented no certificate")
-        return bytes(der)
-    finally:
-        # Abort instead of a graceful TLS shutdown: the gRPC server does not always answer the
-        # close_notify, and asyncio would then wait ssl_shutdown_timeout (30 s) for nothing.
-        writer.transport.abort()
-        await asyncio.sleep(0)
-
-
-def _der(pem: bytes) -> bytes:
-    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-
-
-def check_state_digest(resp: pb.AttestResponse) -> None:
-    """The CAs and transition in the response are exactly the attested state."""
-    if resp.latest_transition_hash or resp.root_ca_pem or resp.mesh_ca_pem:
-        try:
-            expected = state_digest(
-                resp.latest_transition_hash, _der(resp.root_ca_pem), _der(resp.mesh_ca_pem)
-            )
-        except ValueError as exc:
-            raise AttestationFailed(f"attest response: malformed state ({exc})") from None
-    else:
-        expected = state_digest(None, None, None)
-    if resp.state_digest != expected:
-        raise AttestationFailed("attest response: state digest does not match the returned state")
-
-
-class AttestedChannel:
-    """A gRPC channel to a verified coordinator. Use :meth:`connect`."""
-
-    def __init__(
-        self, channel: grpc.aio.Channel, attestation: pb.AttestResponse, verified: VerifiedEvidence
-    ) -> None:
-        self.channel = channel
-        self.attestation = attestation
-        self.verified = verified
-        self.attest = pb_grpc.AttestationStub(channel)
-        self.user = pb_grpc.UserAPIStub(channel)
-        self.mesh = pb_grpc.MeshAPIStub(channel)
-
-    @classmethod
-    async def connect(
-        cls,
-        address: str,
-        policy: CoordinatorPolicy,
-        *,
-        now: datetime | None = None,
-        timeout: float = 10.0,
-        pinned_certificate: bytes | None = None,
-    ) -> AttestedChannel:
-        """Verify the coordinator at ``address``; raises AttestationFailed or EvidenceRejected.
-
-        ``pinned_certificate`` (DER) replaces the prefetch; tests use it to model a channel
-        pinned to a certificate other than the attested one.
-        """
-        cert_der = pinned_certificate or await fetch_certificate(address, timeout)
-        cert = x509.load_der_x509_certificate(cert_der)
-        spki = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        channel = grpc.aio.secure_channel(
-            address,
-            grpc.ssl_channel_credentials(
-                root_certificates=cert.public_bytes(serialization.Encoding.PEM)
-            ),
-            options=[
-                ("grpc.ssl_target_name_override", SERVER_NAME),
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
-        )
-        try:
-            nonce = os.urandom(NONCE_SIZE)
-            stub = pb_grpc.AttestationStub(channel)
-            resp: pb.AttestResponse = await stub.Attest(
-                pb.AttestRequest(nonce=nonce), timeout=timeout
-            )
-            check_state_digest(resp)
-            report_data = attest_report_data(spki, resp.hpke_public_key, nonce, resp.state_digest)
-            verified = Verifier(policy.anchors).verify(
-                resp.evidence, policy.reference_values, report_data, now or datetime.now(UTC)
-            )
-            if policy.policy_hash is not None and verified.policy_hash != policy.policy_hash:
-                raise CoordinatorPolicyMismatch(
-                    f"coordinator runs policy {verified.policy_hash.hex()}, "
-                    f"expected {policy.policy_hash.hex()}"
-                )
-        except BaseException:
-            await channel.close()
-            raise
-        return cls(channel, resp, verified)
-
-    @property
-    def initialized(self) -> bool:
-        return bool(self.attestation.latest_transition_hash)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> AttestedChannel:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-
-__all__ = [
-    "AttestationFailed",
-    "AttestedChannel",
-    "CoordinatorPolicy",
-    "CoordinatorPolicyMismatch",
-    "EvidenceRejected",
-    "fetch_certificate",
-]
-
-
-# --- client operations: set / verify / recover / join (DESIGN §7, §11) -------------------------
-#
 # Every operation first attests the coordinator over an AttestedChannel and only then sends
 # anything; set/verify/recover pin the coordinator to the policy and reference values of the
 # manifest the user holds, join to what the caller passes. Local input problems raise
 # InvalidInput (the CLI's usage errors); everything the remote side refuses or fails to prove
 # raises AttestationFailed, OperationRefused (gRPC refusals) or VerificationFailed.
+import asyncio
+import hashlib
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import hashlib  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
-
-from attestation.binding import mesh_cert_report_data  # noqa: E402
-from attestation.providers.base import EvidenceProvider, ProviderError  # noqa: E402
-from coordinator.authz import (  # noqa: E402
+from attestation.anchors import TrustAnchors
+from attestation.binding import mesh_cert_report_data
+from attestation.errors import EvidenceRejected
+from attestation.providers.base import EvidenceProvider, ProviderError
+from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.client.channel import (
+    AttestationFailed,
+    AttestedChannel,
+    CoordinatorPolicy,
+    _der,
+)
+from coordinator.core.authz import (
     public_spki,
     recover_message,
     rsa_pkcs1_der,
@@ -207,10 +43,11 @@ from coordinator.authz import (  # noqa: E402
     sign_owner,
     sign_seedshare,
 )
-from coordinator.ca import CAError, leaf_claims  # noqa: E402
-from coordinator.history import ZERO_HASH, HistoryError, SignedLatest, transition_hash  # noqa: E402
-from coordinator.manifest import Manifest, ManifestError  # noqa: E402
-from coordinator.sealing import (  # noqa: E402
+from coordinator.core.ca import CAError, leaf_claims
+from coordinator.core.history import ZERO_HASH, HistoryError, SignedLatest, transition_hash
+from coordinator.core.limits import NONCE_SIZE
+from coordinator.core.manifest import Manifest, ManifestError
+from coordinator.core.sealing import (
     PURPOSE_USER_RECOVER,
     PURPOSE_WORKLOAD_SECRET,
     SealingError,
@@ -219,7 +56,7 @@ from coordinator.sealing import (  # noqa: E402
     open_sealed,
     seal,
 )
-from coordinator.seedengine import (  # noqa: E402
+from coordinator.core.seedengine import (
     SeedEngineError,
     SeedShareDocument,
     decrypt_seed_share,
@@ -803,24 +640,3 @@ async def join(
         tee=claims.tee,
         policy_hash=claims.policy_hash,
     )
-
-
-__all__ += [
-    "KEY_TYPES",
-    "InvalidInput",
-    "JoinResult",
-    "NotReady",
-    "OperationRefused",
-    "SetResult",
-    "VerificationFailed",
-    "VerifiedHistory",
-    "cert_fingerprint",
-    "fetch_and_verify_history",
-    "join",
-    "manifest_policy",
-    "recover",
-    "set_manifest",
-    "verify_history",
-    "verify_issued_chain",
-    "write_file",
-]

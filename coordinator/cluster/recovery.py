@@ -30,9 +30,9 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,18 +40,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation.anchors import TrustAnchors
 from attestation.binding import peer_recover_report_data
 from attestation.errors import EvidenceRejected
+from attestation.verify import VerifiedEvidence
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client import AttestationFailed, AttestedChannel, CoordinatorPolicy
-from coordinator.history import SignedLatest
-from coordinator.manifest import Manifest
-from coordinator.sealing import PURPOSE_PEER_RECOVER, PeerSecrets, generate_keypair, open_sealed
-from coordinator.seedengine import SeedEngine
-from coordinator.state import ConcurrentUpdate, NotInitialized, RecoveryRejected
-
-if TYPE_CHECKING:
-    from coordinator.server import CoordinatorServer
+from coordinator.client.channel import AttestationFailed, AttestedChannel, CoordinatorPolicy
+from coordinator.core.history import SignedLatest
+from coordinator.core.manifest import Manifest
+from coordinator.core.sealing import (
+    PURPOSE_PEER_RECOVER,
+    PeerSecrets,
+    generate_keypair,
+    open_sealed,
+)
+from coordinator.core.seedengine import SeedEngine
+from coordinator.core.state import ConcurrentUpdate, Guard, NotInitialized, RecoveryRejected
+from coordinator.store.base import MembershipStore, Store
 
 __all__ = [
+    "ClusterDeps",
     "Member",
     "PeerRecovery",
     "PeerRecoveryFailed",
@@ -163,17 +168,39 @@ def backoff_delay(attempt: int, rand: Callable[[float, float], float] = random.u
     return base * rand(0.5, 1.0)
 
 
+@dataclass(frozen=True)
+class ClusterDeps:
+    """What peer recovery needs of its coordinator process, injected by the server (the cluster
+    layer never imports the server)."""
+
+    node_id: str
+    static_peers: tuple[str, ...]
+    store: Store
+    guard: Guard
+    anchors: TrustAnchors
+    addresses: Mapping[str, str]
+    """The server's bound addresses (``mesh`` is read when membership starts)."""
+    advertise_mesh_addr: str | None
+    is_ready: Callable[[], bool]
+    evidence: Callable[[bytes], Awaitable[bytes]]
+    """This coordinator's evidence (envelope bytes) for 64 bytes of report data."""
+    own_evidence_under: Callable[[Manifest], Awaitable[VerifiedEvidence]]
+    on_recovery: Callable[[str], None]
+    """Counts a recovery by source (``peer``, ``rekey``)."""
+
+
 class PeerRecovery:
     """The recovery loop, the membership publisher and the member watcher of one coordinator."""
 
-    def __init__(
-        self, server: CoordinatorServer, anchors: TrustAnchors, *, membership: bool
-    ) -> None:
-        self.server = server
-        self.anchors = anchors
-        self.membership = membership
-        self.node_id = server.config.node_id or uuid.uuid4().hex[:12]
-        self.static_peers = tuple(server.config.peers)
+    def __init__(self, deps: ClusterDeps) -> None:
+        self.deps = deps
+        self.anchors = deps.anchors
+        self.members: MembershipStore | None = (
+            deps.store if isinstance(deps.store, MembershipStore) else None
+        )
+        self.membership = self.members is not None
+        self.node_id = deps.node_id or uuid.uuid4().hex[:12]
+        self.static_peers = deps.static_peers
         self._wake = asyncio.Event()
         self._members_pulse = asyncio.Event()
         self._published: tuple[bool, bytes | None] | None = None
@@ -185,20 +212,19 @@ class PeerRecovery:
         self._orphaned: tuple[bytes, float] | None = None
 
     @classmethod
-    def create(cls, server: CoordinatorServer, anchors: TrustAnchors) -> PeerRecovery | None:
+    def create(cls, deps: ClusterDeps) -> PeerRecovery | None:
         """None for a lone coordinator (no shared membership store, no static peers)."""
-        membership = hasattr(server.store, "put_member")
-        if not membership and not server.config.peers:
+        if not isinstance(deps.store, MembershipStore) and not deps.static_peers:
             return None
-        return cls(server, anchors, membership=membership)
+        return cls(deps)
 
     @property
     def mesh_address(self) -> str:
-        return self.server.config.advertise_mesh_addr or self.server.addresses["mesh"]
+        return self.deps.advertise_mesh_addr or self.deps.addresses["mesh"]
 
     @property
     def _own(self) -> tuple[str, ...]:
-        return (self.mesh_address, self.server.addresses.get("mesh", ""))
+        return (self.mesh_address, self.deps.addresses.get("mesh", ""))
 
     async def start(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.create_task(self._recovery_loop(), name="peer-recovery")]
@@ -220,9 +246,9 @@ class PeerRecovery:
 
     async def stop(self) -> None:
         """Leave the membership now (a clean shutdown; a crash leaves it to the lease)."""
-        if self.membership:
+        if self.members is not None:
             with contextlib.suppress(Exception):
-                await self.server.store.stop_member(self.node_id)  # type: ignore[union-attr]
+                await self.members.stop_member(self.node_id)
 
     def trigger(self) -> None:
         """Called by the watcher (state went stale): recover as soon as possible."""
@@ -231,7 +257,7 @@ class PeerRecovery:
     # -- membership -------------------------------------------------------------------------
 
     def _own_status(self) -> tuple[bool, bytes | None]:
-        state = self.server.guard.current() if self.server.guard is not None else None
+        state = self.deps.guard.current()
         if state is None:
             return False, None
         return not state.stale, state.transition.hash
@@ -243,9 +269,8 @@ class PeerRecovery:
                 return
             ready, transition = status
             member = Member(self.node_id, self.mesh_address, ready, transition)
-            await self.server.store.put_member(  # type: ignore[union-attr]
-                self.node_id, member.encode(), MEMBER_TTL
-            )
+            assert self.members is not None
+            await self.members.put_member(self.node_id, member.encode(), MEMBER_TTL)
             self._published = status
 
     async def _membership_loop(self) -> None:
@@ -264,15 +289,14 @@ class PeerRecovery:
     async def _members_watch_loop(self) -> None:
         """Wake the recovery loop when a peer announces readiness while we are not ready (e.g.
         the first coordinator a seed-share owner recovered); restart the watch on failure."""
-        store: Any = self.server.store
-        watch_members = getattr(store, "watch_members", None)
-        if watch_members is None:
+        members_store = self.members
+        if members_store is None:
             return
         failures = 0
         while True:
             known: dict[str, Member | None] = {}
             try:
-                async for members in watch_members():
+                async for members in members_store.watch_members():
                     failures = 0
                     current = {k: Member.decode(k, v) for k, v in members.items()}
                     changed = any(
@@ -283,7 +307,7 @@ class PeerRecovery:
                     known = current
                     pulse, self._members_pulse = self._members_pulse, asyncio.Event()
                     pulse.set()
-                    if changed and not self.server.is_ready():
+                    if changed and not self.deps.is_ready():
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -296,7 +320,8 @@ class PeerRecovery:
     async def _list_members(self) -> dict[str, bytes]:
         if not self.membership:
             return {}
-        members: dict[str, bytes] = await self.server.store.list_members()  # type: ignore[union-attr]
+        assert self.members is not None
+        members = await self.members.list_members()
         return members
 
     async def _candidates(self, latest: bytes) -> list[str]:
@@ -327,8 +352,7 @@ class PeerRecovery:
         ``latest``) before it counts. UserAPI refuses a non-forced user recovery when this is
         true: a user recovery mints a new mesh key and would split the deployment.
         """
-        guard = self.server.guard
-        assert guard is not None
+        guard = self.deps.guard
         latest = await guard.history.get_latest()
         if latest is None:
             return False
@@ -362,7 +386,7 @@ class PeerRecovery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            if self.server.is_ready():
+            if self.deps.is_ready():
                 attempt = 0
                 continue
             try:
@@ -383,8 +407,7 @@ class PeerRecovery:
     async def recover_once(self) -> bool | None:
         """One pass over the known peers: True when recovered, False when no peer could be
         used, None when the store has no history (nothing to recover)."""
-        guard = self.server.guard
-        assert guard is not None
+        guard = self.deps.guard
         latest = await guard.history.get_latest()
         if latest is None:
             return None
@@ -418,15 +441,14 @@ class PeerRecovery:
             else:
                 log.info("recovered from peer %s", peer)
                 self.recoveries += 1
-                self.server.metrics.recoveries.labels("peer").inc()
+                self.deps.on_recovery("peer")
                 return True
         return await self._rekey_if_orphaned(latest)
 
     async def _rekey_if_orphaned(self, latest: SignedLatest) -> bool:
         """Re-key ``latest`` with our own seed when its maker died before handing its mesh key
         to anyone (see the module docstring for when this is safe). True when we did."""
-        guard, coord = self.server.guard, self.server.coord
-        assert guard is not None and coord is not None
+        guard = self.deps.guard
         old = guard.current()
         if not self.membership or old is None:
             return False  # no seed here, or no membership to tell a dead maker from a slow one
@@ -453,7 +475,7 @@ class PeerRecovery:
             log.warning("orphaned transition: the latest manifest does not admit this coordinator")
             return False
         claim = f"rekey/{latest.transition_hash.hex()}"
-        store: Any = self.server.store
+        store = self.deps.store
         try:
             holder = await store.get(claim) if await store.has(claim) else b""
             if holder and holder.decode(errors="replace") in members:
@@ -469,7 +491,7 @@ class PeerRecovery:
 
         await guard.reset_state(old, authorize)
         self.rekeys += 1
-        self.server.metrics.recoveries.labels("rekey").inc()
+        self.deps.on_recovery("rekey")
         log.warning(
             "re-keyed orphaned transition %s: its mesh key was lost with the coordinator that "
             "made it; new mesh CA issued",
@@ -478,10 +500,8 @@ class PeerRecovery:
         return True
 
     async def _admitted_by(self, manifest: Manifest) -> bool:
-        coord = self.server.coord
-        assert coord is not None
         try:
-            verified = await coord.own_evidence_under(manifest)
+            verified = await self.deps.own_evidence_under(manifest)
         except EvidenceRejected:
             return False
         return verified.policy_hash == manifest.coordinator_policy_hash
@@ -495,14 +515,13 @@ class PeerRecovery:
         moved meanwhile), RecoveryRejected (the seed does not sign ``latest``), or the
         transport's error when the peer cannot be reached.
         """
-        guard = self.server.guard
-        assert guard is not None
+        guard = self.deps.guard
         latest = await guard.history.get_latest()
         if latest is None:
             raise NotInitialized()
         await self._recover_from(peer, latest)
         self.recoveries += 1
-        self.server.metrics.recoveries.labels("peer").inc()
+        self.deps.on_recovery("peer")
 
     def _policy_of(self, manifest: Manifest) -> CoordinatorPolicy:
         """What a coordinator of ``manifest`` must attest to (peers and requesters alike)."""
@@ -511,15 +530,12 @@ class PeerRecovery:
         )
 
     async def _manifest_for(self, latest: SignedLatest) -> Manifest:
-        guard = self.server.guard
-        assert guard is not None
+        guard = self.deps.guard
         _, manifest = await guard.latest_manifest(latest)
         return manifest
 
     async def _recover_from(self, peer: str, latest: SignedLatest) -> None:
-        server = self.server
-        guard, coord = server.guard, server.coord
-        assert guard is not None and coord is not None
+        guard = self.deps.guard
         old = guard.current()
         latest_hash = latest.transition_hash
         manifest = await self._manifest_for(latest)
@@ -529,7 +545,7 @@ class PeerRecovery:
                 raise PeerRecoveryFailed("peer does not serve the store's latest transition")
             token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=PEER_TIMEOUT)).token
             private, public = generate_keypair()
-            evidence = await coord.evidence(peer_recover_report_data(public, token))
+            evidence = await self.deps.evidence(peer_recover_report_data(public, token))
             resp = await chan.mesh.Recover(
                 pb.MeshRecoverRequest(evidence=evidence, hpke_public_key=public, token=token),
                 timeout=PEER_TIMEOUT,

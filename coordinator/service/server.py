@@ -20,19 +20,22 @@ from attestation import anchors as trust
 from attestation.providers.base import EvidenceProvider
 from attestation.verify import Verifier
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.attestapi import AttestationService
-from coordinator.history import History
-from coordinator.issuance import BatchRunner
-from coordinator.meshapi import MeshService, _issue
-from coordinator.metrics import Metrics
-from coordinator.probes import ProbeServer
-from coordinator.rpc import MAX_MESSAGE, Coordinator, split_address
-from coordinator.sealing import generate_keypair
-from coordinator.state import Guard, State
+from coordinator.cluster.recovery import ClusterDeps, PeerRecovery
+from coordinator.core.address import split_address
+from coordinator.core.history import History
+from coordinator.core.issuance import BatchRunner
+from coordinator.core.limits import MAX_MESSAGE
+from coordinator.core.sealing import generate_keypair
+from coordinator.core.state import Guard, State
+from coordinator.core.tlsid import TlsIdentity
+from coordinator.service.attestapi import AttestationService
+from coordinator.service.context import Coordinator
+from coordinator.service.meshapi import MeshService, _issue
+from coordinator.service.metrics import Metrics
+from coordinator.service.probes import ProbeServer
+from coordinator.service.userapi import UserService
 from coordinator.store import open_store
 from coordinator.store.base import Store
-from coordinator.tlsid import TlsIdentity
-from coordinator.userapi import UserService
 
 log = logging.getLogger("concord.server")
 
@@ -109,7 +112,7 @@ class CoordinatorServer:
         self._probes: ProbeServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
-        self._recovery: Any = None
+        self._recovery: PeerRecovery | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -157,9 +160,22 @@ class CoordinatorServer:
         host, port = split_address(cfg.http_addr)
         self.addresses["http"] = _join_addr(host, await self._probes.start(host, port))
         self._tasks.append(asyncio.create_task(self.guard.watch_history(), name="watch-history"))
-        from coordinator.recovery import PeerRecovery
-
-        self._recovery = PeerRecovery.create(self, anchors)
+        coord = self.coord
+        self._recovery = PeerRecovery.create(
+            ClusterDeps(
+                node_id=cfg.node_id or "",
+                static_peers=tuple(cfg.peers),
+                store=self.store,
+                guard=self.guard,
+                anchors=anchors,
+                addresses=self.addresses,
+                advertise_mesh_addr=cfg.advertise_mesh_addr,
+                is_ready=self.is_ready,
+                evidence=coord.evidence,
+                own_evidence_under=coord.own_evidence_under,
+                on_recovery=lambda source: self.metrics.recoveries.labels(source).inc(),
+            )
+        )
         if self._recovery is not None:
             self.coord.ready_peer_exists = self._recovery.ready_peer_exists
             self._tasks.extend(await self._recovery.start())

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from attestation.binding import peer_recover_report_data
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.challenge import check_token
-from coordinator.issuance import IssuedCertificate, Issuer, IssueRequest
-from coordinator.rpc import Coordinator, Refused, require_size, rpc
-from coordinator.sealing import PUBLIC_KEY_SIZE, PURPOSE_PEER_RECOVER, PeerSecrets, seal
+from coordinator.core.challenge import check_token
+from coordinator.core.issuance import IssuedCertificate, Issuer, IssueRequest
+from coordinator.core.sealing import PUBLIC_KEY_SIZE, PURPOSE_PEER_RECOVER, PeerSecrets, seal
+from coordinator.service.context import Coordinator, Refused, require_size, rpc
 
 ROLE_COORDINATOR = "coordinator"
 

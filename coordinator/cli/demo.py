@@ -237,7 +237,7 @@ class DemoFiles:
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    from coordinator.client import write_file
+    from coordinator.client.operations import write_file
 
     write_file(path, data, mode)
     return path
@@ -284,7 +284,7 @@ def workload_sans(i: int, updated: bool = False) -> list[str]:
 
 def prepare(workdir: Path, workloads: int) -> DemoFiles:
     from attestation.providers import mock
-    from coordinator.authz import public_spki, rsa_pkcs1_der
+    from coordinator.core.authz import public_spki, rsa_pkcs1_der
 
     mock_dir = workdir / "mock-tee"
     refs = mock.init(mock_dir)
@@ -362,7 +362,7 @@ def _save_cas(directory: Path, root_pem: bytes, mesh_pem: bytes) -> None:
 
 
 def _fp(pem: bytes) -> str:
-    from coordinator.client import cert_fingerprint
+    from coordinator.client.operations import cert_fingerprint
 
     return cert_fingerprint(pem)
 
@@ -379,8 +379,8 @@ async def run(
     from attestation.anchors import mock as mock_anchors
     from attestation.providers.mock import MockProvider
     from attestation.reference import parse_reference_values
-    from coordinator.client import (
-        CoordinatorPolicy,
+    from coordinator.client.channel import CoordinatorPolicy
+    from coordinator.client.operations import (
         OperationRefused,
         fetch_and_verify_history,
         join,

@@ -84,13 +84,13 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: Sequence[str]) -
 
 
 def _fingerprint(pem: bytes) -> str:
-    from coordinator.client import cert_fingerprint
+    from coordinator.client.operations import cert_fingerprint
 
     return cert_fingerprint(pem)
 
 
 def _out_dir(path: str) -> Path:
-    from coordinator.client import InvalidInput, ensure_dir
+    from coordinator.client.operations import InvalidInput, ensure_dir
 
     try:
         return ensure_dir(Path(path))
@@ -120,7 +120,7 @@ def _etcd_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from coordinator.server import ServerConfig, serve, setup_logging
+    from coordinator.service.server import ServerConfig, serve, setup_logging
 
     if args.tee != "tsm" and not (args.tee.startswith("mock:") and len(args.tee) > 5):
         raise UsageError(f"--tee must be 'tsm' or 'mock:DIR', got {args.tee!r}")
@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    from coordinator.client import set_manifest
+    from coordinator.client.operations import set_manifest
 
     manifest = _read(args.manifest, "manifest")
     policies = [_read(p, "policy") for p in args.policy or ()]
@@ -175,7 +175,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     result = asyncio.run(
         set_manifest(args.coordinator, manifest, policies, anchors=anchors, owner_key=owner_key)
     )
-    from coordinator.client import write_file
+    from coordinator.client.operations import write_file
 
     files = []
     if result.first:
@@ -222,7 +222,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from coordinator.client import ensure_dir, fetch_and_verify_history, write_file
+    from coordinator.client.operations import ensure_dir, fetch_and_verify_history, write_file
 
     manifest = _read(args.manifest, "manifest")
     anchors = _anchors(args.trust_anchors)
@@ -267,7 +267,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from coordinator.client import recover
+    from coordinator.client.operations import recover
 
     manifest = _read(args.manifest, "manifest")
     seedshares = _read(args.seedshares, "--seedshares")
@@ -287,7 +287,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def _join_policy(args: argparse.Namespace) -> Any:
     from attestation.reference import parse_reference_values
-    from coordinator.client import CoordinatorPolicy
+    from coordinator.client.channel import CoordinatorPolicy
 
     mock_dir = args.tee[len("mock:") :] if args.tee.startswith("mock:") else None
     anchors_spec = args.trust_anchors or (f"mock:{mock_dir}" if mock_dir else "production")
@@ -323,7 +323,7 @@ def _join_provider(args: argparse.Namespace) -> Any:
 
     if args.tee == "tsm":
         from attestation.providers.tsm import TsmProvider
-        from coordinator.server import load_tdx_collateral
+        from coordinator.service.server import load_tdx_collateral
 
         path = Path(args.tdx_collateral) if args.tdx_collateral else None
         try:
@@ -344,7 +344,7 @@ def _join_provider(args: argparse.Namespace) -> Any:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    from coordinator.client import join
+    from coordinator.client.operations import join
 
     provider = _join_provider(args)
     policy = _join_policy(args)
@@ -391,7 +391,7 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from coordinator import demo
+    from coordinator.cli import demo
 
     if args.workloads < 1 or args.workloads > 64:
         raise UsageError("--workloads: want 1..64")
@@ -599,8 +599,8 @@ def _register_attestation(sub: argparse._SubParsersAction) -> None:  # type: ign
 
 def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     from attestation.providers.base import ProviderError
-    from coordinator.client import (
-        AttestationFailed,
+    from coordinator.client.channel import AttestationFailed
+    from coordinator.client.operations import (
         InvalidInput,
         NotReady,
         OperationRefused,

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from coordinator.manifest import classify_san
+from coordinator.core.manifest import classify_san
 
 ROOT_CN = "system:coordinator:root"
 INTERMEDIATE_CN = "system:coordinator:intermediate"

@@ -1,0 +1,1 @@
+"""cluster layer (DESIGN §1)."""

@@ -1,0 +1,1 @@
+"""service layer (DESIGN §1)."""
