@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation import anchors as anchors_mod
 from attestation.errors import EvidenceRejected, InvalidReferenceValues, SizeLimitExceeded
-from attestation.evidence import MAX_ENVELOPE, Evidence, sniff
+from attestation.evidence import MAX_ENVELOPE, Evidence, from_raw, sniff
 from attestation.reference import (
     SNP_PLATFORM_BITS,
     SNP_POLICY_PERMISSIVE,
@@ -174,7 +174,7 @@ def to_evidence(data: bytes, tee: str | None) -> Evidence:
         return ev
     if tee is not None and kind != tee:
         raise UsageError(f"--tee {tee}: the input is a raw {kind} report/quote")
-    return Evidence(tee=kind, report=data)
+    return from_raw(data, kind)
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def inspect_snp(report: bytes) -> dict[str, Any]:
         "version": r.version,
         "product": product,
         "guest_svn": r.guest_svn,
-        "policy": r.policy.raw,
+        "policy": f"0x{r.policy.raw:x}",
         "policy_flags": sorted(r.policy.flags),
         "policy_abi": f"{r.policy.abi_major}.{r.policy.abi_minor}",
         "debug": r.policy.debug,
@@ -254,8 +254,9 @@ def inspect_snp(report: bytes) -> dict[str, Any]:
         "vmpl": r.vmpl,
         "signature_algo": r.signature_algo,
         "current_tcb": tcb(r.current_tcb_raw, "current_tcb"),
-        "platform_info": r.platform_info.raw,
-        "platform_flags": sorted(r.platform_info.flags),
+        "platform_info": f"0x{r.platform_info.raw:x}",
+        "platform_flags": sorted(r.platform_info.flags)
+        + [f"{name} (unknown)" for name in r.platform_info.unknown_names],
         "author_key_en": r.author_key_en,
         "mask_chip_key": r.mask_chip_key,
         "signer": r.signer,
@@ -370,6 +371,26 @@ def permissive_tdx_reference(mr_td: bytes, td_attributes: bytes) -> TdxReference
     )
 
 
+class ReferenceRejected(Exception):
+    """Authentic evidence that the reference values refuse: both verdicts are reported."""
+
+    def __init__(self, out: dict[str, Any], violation: EvidenceRejected) -> None:
+        super().__init__(str(violation))
+        self.out = out
+        self.violation = violation
+
+
+def _collateral_dir(args: argparse.Namespace) -> Any:
+    if args.collateral_dir is None:
+        return None
+    from attestation.collateral.cache import CollateralDir
+
+    path = Path(args.collateral_dir)
+    if not path.is_dir():
+        raise UsageError(f"--collateral-dir {path}: not a directory")
+    return CollateralDir(path)
+
+
 def _verify_snp(
     ev: Evidence,
     args: argparse.Namespace,
@@ -377,8 +398,8 @@ def _verify_snp(
     refs: ReferenceValues | None,
     now: datetime,
 ) -> dict[str, Any]:
-    from attestation.snp.report import parse_report
-    from attestation.snp.verify import verify_snp
+    from attestation.snp.policy import evaluate
+    from attestation.snp.verify import authenticate_snp
 
     if args.collateral is not None:
         raise UsageError("--collateral applies to TDX quotes only")
@@ -388,28 +409,40 @@ def _verify_snp(
     if args.cert_chain is not None:
         chain = read_input(args.cert_chain, "--cert-chain", MAX_AUX_FILE)
         certs += load_certificates(chain, "--cert-chain")
-    parsed = parse_report(ev.report)
-    references = refs.snp if refs is not None else permissive_snp_references(parsed.measurement)
-    res = verify_snp(ev.report, certs, anchors, references, None, now, crls=ev.crls)
-    r = res.report
-    return {
+    source = _collateral_dir(args)
+    if not certs and source is not None:
+        certs = list(source.snp_certs(ev.report))
+    auth = authenticate_snp(ev.report, certs, anchors, now, crls=ev.crls)
+    r = auth.report
+    out: dict[str, Any] = {
         "tee": "snp",
         "verified": True,
+        "authenticity": "verified",
         "policy_checked": refs is not None,
-        "reference_index": res.reference_index if refs is not None else None,
+        "reference_match": "not checked (no --reference-values)",
+        "reference_index": None,
         "version": r.version,
-        "product": res.product,
-        "signer": res.signer,
-        "report_data": res.report_data.hex(),
-        "measurement": res.measurement.hex(),
-        "host_data": res.host_data.hex(),
-        "chip_id": res.chip_id.hex(),
+        "product": auth.product,
+        "signer": auth.signer,
+        "report_data": r.report_data.hex(),
+        "measurement": r.measurement.hex(),
+        "host_data": r.host_data.hex(),
+        "chip_id": auth.chip_id.hex(),
         "policy": r.policy.raw,
         "debug": r.policy.debug,
         "vmpl": r.vmpl,
-        "reported_tcb": _tcb_json(res.tcb, r.reported_tcb_raw),
+        "platform_info": f"0x{r.platform_info.raw:x}",
+        "reported_tcb": _tcb_json(auth.tcbs.reported, r.reported_tcb_raw),
         "at": now.isoformat(),
     }
+    if refs is not None:
+        try:
+            index = evaluate(auth.facts, refs.snp)
+        except EvidenceRejected as exc:
+            raise ReferenceRejected(out, exc) from None
+        out["reference_match"] = f"snp[{index}]"
+        out["reference_index"] = index
+    return out
 
 
 def _verify_tdx(
@@ -420,8 +453,8 @@ def _verify_tdx(
     now: datetime,
 ) -> dict[str, Any]:
     from attestation.tdx.collateral import TdxCollateral
-    from attestation.tdx.quote import parse_quote
-    from attestation.tdx.verify import verify_tdx
+    from attestation.tdx.policy import match_references
+    from attestation.tdx.verify import authenticate_tdx
 
     if args.vcek is not None or args.cert_chain is not None:
         raise UsageError(
@@ -436,50 +469,87 @@ def _verify_tdx(
             raise UsageError(f"--collateral {args.collateral}: {exc.detail}") from None
     elif ev.collateral:
         collateral = TdxCollateral.from_cbor_map(dict(ev.collateral))
-    if refs is not None:
-        references: Sequence[TdxReference] = refs.tdx
     else:
-        q = parse_quote(ev.report)
-        references = (permissive_tdx_reference(q.body.mr_td, q.body.td_attributes),)
-    res = verify_tdx(
-        ev.report,
-        anchors,
-        references,
-        None,
-        now,
-        collateral=collateral,
-        require_collateral=refs is not None,
+        source = _collateral_dir(args)
+        if source is not None:
+            collateral = source.tdx_collateral(ev.report)
+    auth = authenticate_tdx(
+        ev.report, anchors, now, collateral=collateral, require_collateral=refs is not None
     )
-    return {
+    q = auth.quote
+    b = q.body
+    pck = auth.pck.extensions
+    evaluation = auth.evaluation
+    out: dict[str, Any] = {
         "tee": "tdx",
         "verified": True,
+        "authenticity": "verified",
         "policy_checked": refs is not None,
-        "reference_index": res.reference_index if refs is not None else None,
-        "version": res.quote.version,
-        "report_data": res.report_data.hex(),
-        "mrtd": res.mr_td.hex(),
-        "mrconfigid": res.mr_config_id.hex(),
-        "mrseam": res.quote.body.mr_seam.hex(),
-        "rtmrs": [m.hex() for m in res.rtmrs],
-        "td_attributes": int.from_bytes(res.td_attributes, "little"),
-        "debug": res.quote.body.debug,
-        "xfam": int.from_bytes(res.xfam, "little"),
-        "tee_tcb_svn": res.tee_tcb_svn.hex(),
-        "tcb_status": res.tcb_status,
-        "advisory_ids": list(res.advisory_ids),
-        "fmspc": res.fmspc.hex(),
-        "qe_svn": res.qe_svn,
-        "pce_svn": res.pce_svn,
+        "reference_match": "not checked (no --reference-values)",
+        "reference_index": None,
+        "version": q.version,
+        "report_data": b.report_data.hex(),
+        "mrtd": b.mr_td.hex(),
+        "mrconfigid": b.mr_config_id.hex(),
+        "mrseam": b.mr_seam.hex(),
+        "rtmrs": [m.hex() for m in b.rtmrs],
+        "td_attributes": int.from_bytes(b.td_attributes, "little"),
+        "debug": b.debug,
+        "xfam": int.from_bytes(b.xfam, "little"),
+        "tee_tcb_svn": b.tee_tcb_svn.hex(),
+        "tcb_status": auth.tcb_status,
+        "advisory_ids": list(auth.advisory_ids),
+        "tcb_date": None if evaluation is None else evaluation.tcb_level.tcb_date.isoformat(),
+        "relaunch_advised": None if evaluation is None else evaluation.relaunch_advised,
+        "fmspc": pck.fmspc.hex(),
+        "qe_svn": q.qe_report.isv_svn,
+        "pce_svn": pck.tcb.pce_svn,
         "at": now.isoformat(),
     }
+    if refs is None:
+        # The TCB verdict without references: a Revoked TCB vouches for nothing.
+        if auth.tcb_status is not None and auth.tcb_status not in AUTHENTICITY_TCB_STATUSES:
+            from attestation.errors import TcbStatusRejected
+
+            raise TcbStatusRejected(f"TCB status {auth.tcb_status}: Intel revoked this TCB")
+        return out
+    try:
+        index = match_references(auth.claims, refs.tdx, now)
+    except EvidenceRejected as exc:
+        raise ReferenceRejected(out, exc) from None
+    out["reference_match"] = f"tdx[{index}]"
+    out["reference_index"] = index
+    return out
 
 
-def _rejected(exc: EvidenceRejected, as_json: bool, tee: str | None) -> int:
+def _rejected(
+    exc: EvidenceRejected,
+    as_json: bool,
+    tee: str | None,
+    verdict: dict[str, Any] | None = None,
+) -> int:
+    """One line (or one JSON object); ``verdict`` is set when only the reference match failed."""
     if as_json:
-        obj = {"tee": tee, "verified": False, "reason": exc.reason, "detail": exc.detail}
+        obj: dict[str, Any] = {
+            "tee": tee,
+            "verified": False,
+            "reason": exc.reason,
+            "detail": exc.detail,
+        }
+        if verdict is not None:
+            obj.update(
+                authenticity="verified",
+                reference_match="rejected",
+                verdict={
+                    k: v
+                    for k, v in verdict.items()
+                    if k not in obj and k not in ("authenticity", "reference_match")
+                },
+            )
         print(json.dumps(obj, indent=2))
     else:
-        print(f"rejected: {exc.reason}: {exc.detail}")
+        suffix = "" if verdict is None else " [authentic; refused by the reference values]"
+        print(f"rejected: {exc.reason}: {exc.detail}{suffix}")
     return 1
 
 
@@ -495,6 +565,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             out = _verify_snp(ev, args, anchors, refs, now)
         else:
             out = _verify_tdx(ev, args, anchors, refs, now)
+    except ReferenceRejected as exc:
+        return _rejected(exc.violation, args.json, tee, exc.out)
     except EvidenceRejected as exc:
         return _rejected(exc, args.json, tee)
     if not args.json and refs is None:
@@ -533,7 +605,7 @@ def _mock_evidence_direct(
     info = load_info(directory)
     try:
         if tee == "snp":
-            from attestation.snp.mock import load_mock_amd
+            from attestation.mock.snp import load_mock_amd
 
             if len(host_data) != 32:
                 raise UsageError("--host-data: SNP HOST_DATA is 32 bytes")
@@ -544,7 +616,7 @@ def _mock_evidence_direct(
                 report_data=report_data,
             )
             return Evidence(tee="snp", report=report, certs=amd.certs("vcek"))
-        from attestation.tdx.mock import load_mock_intel
+        from attestation.mock.tdx import load_mock_intel
 
         intel = load_mock_intel(directory)
         config_id = host_data + bytes(16) if len(host_data) == 32 else host_data
@@ -614,6 +686,9 @@ checked). That is not a policy decision: pass --reference-values to judge the ev
 With --reference-values, a TDX quote needs collateral (--collateral or inside the envelope).
 
 Flags override the envelope: --vcek replaces its certs, --collateral its collateral.
+--collateral-dir fills in only what neither the envelope nor a flag provides.
+The authenticity verdict and the reference match are reported separately: evidence refused only
+by the reference values says so ("authentic; refused by the reference values").
 Exit status: 0 verified, 1 rejected ("rejected: <reason>: <detail>"), 2 usage error.
 """
 
@@ -649,6 +724,12 @@ def register(subparsers: Any) -> None:
     )
     ver.add_argument(
         "--collateral", metavar="PATH", help="TDX: collateral JSON (dcap-qvl QuoteCollateralV3)"
+    )
+    ver.add_argument(
+        "--collateral-dir",
+        metavar="DIR",
+        help="collateral directory (concord collateral fetch): the VCEK of an SNP report "
+        "without certificates, TDX collateral a quote does not carry",
     )
     ver.add_argument(
         "--at",

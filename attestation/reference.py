@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from attestation.errors import InvalidReferenceValues
@@ -21,6 +22,8 @@ TDX_TCB_STATUSES = (
     "ConfigurationAndSWHardeningNeeded",
     "OutOfDate",
     "OutOfDateConfigurationNeeded",
+    "TDRelaunchAdvised",
+    "TDRelaunchAdvisedConfigurationNeeded",
     "Revoked",
 )
 
@@ -42,6 +45,13 @@ SNP_PLATFORM_BITS = (
     "RAPLDisabled",
     "CiphertextHidingEnabled",
     "AliasCheckComplete",
+)
+
+# Mask of the PLATFORM_INFO bits above that have no name; "Bit<N>" keys address them.
+SNP_PLATFORM_UNNAMED_MASK = ((1 << 64) - 1) & ~((1 << len(SNP_PLATFORM_BITS)) - 1)
+_UNNAMED_PLATFORM_KEYS = (
+    "UnknownBits",
+    *(f"Bit{n}" for n in range(64) if SNP_PLATFORM_UNNAMED_MASK >> n & 1),
 )
 
 
@@ -83,6 +93,9 @@ class SnpReference:
     minimum_launch_tcb: SnpTcb | None = None
     guest_policy: SnpGuestPolicy = SnpGuestPolicy()
     platform_allowed: frozenset[str] = frozenset(SNP_PLATFORM_BITS)
+    # PLATFORM_INFO bits without a name (reserved today, set by newer firmware in the wild) are
+    # admitted unless listed here: "PlatformInfo": {"Bit6": false} or {"UnknownBits": false}.
+    platform_unknown_forbidden: int = 0
     allowed_chip_ids: tuple[bytes, ...] = ()
     allow_vlek: bool = False
     allowed_vmpls: tuple[int, ...] = (0,)
@@ -100,6 +113,10 @@ class TdxReference:
     minimum_pce_svn: int | None = None
     allowed_piids: tuple[bytes, ...] = ()
     accepted_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    # OutOfDate (OutOfDateConfigurationNeeded) is also accepted, when UpToDate
+    # (ConfigurationNeeded) is, for this long after Intel published the newer TCB level.
+    out_of_date_grace: timedelta | None = None
+    denied_advisory_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,12 +232,20 @@ def parse_snp_reference(value: Any, path: str) -> SnpReference:
     if "TrustedMeasurement" not in obj:
         raise InvalidReferenceValues(f"{path}.TrustedMeasurement", "required")
     platform_allowed = frozenset(SNP_PLATFORM_BITS)
+    platform_unknown_forbidden = 0
     if "PlatformInfo" in obj:
         pobj = _obj(obj["PlatformInfo"], f"{path}.PlatformInfo")
-        _known(pobj, f"{path}.PlatformInfo", SNP_PLATFORM_BITS)
+        _known(pobj, f"{path}.PlatformInfo", (*SNP_PLATFORM_BITS, *_UNNAMED_PLATFORM_KEYS))
         platform_allowed = frozenset(
             n for n in SNP_PLATFORM_BITS if _bool(pobj.get(n, True), f"{path}.PlatformInfo.{n}")
         )
+        for key, value in pobj.items():
+            if key in SNP_PLATFORM_BITS or _bool(value, f"{path}.PlatformInfo.{key}"):
+                continue
+            if key == "UnknownBits":
+                platform_unknown_forbidden |= SNP_PLATFORM_UNNAMED_MASK
+            else:
+                platform_unknown_forbidden |= 1 << int(key[3:])
     vmpls = tuple(
         _uint(v, f"{path}.AllowedVMPLs[{i}]", 2)
         for i, v in enumerate(_list(obj.get("AllowedVMPLs", [0]), f"{path}.AllowedVMPLs"))
@@ -238,6 +263,7 @@ def parse_snp_reference(value: Any, path: str) -> SnpReference:
         ),
         guest_policy=_guest_policy(obj.get("GuestPolicy", {}), f"{path}.GuestPolicy"),
         platform_allowed=platform_allowed,
+        platform_unknown_forbidden=platform_unknown_forbidden,
         allowed_chip_ids=tuple(
             _hex(c, f"{path}.AllowedChipIDs[{i}]", 64)
             for i, c in enumerate(_list(obj.get("AllowedChipIDs", []), f"{path}.AllowedChipIDs"))
@@ -263,6 +289,8 @@ def parse_tdx_reference(value: Any, path: str) -> TdxReference:
             "MinimumPceSvn",
             "AllowedPIIDs",
             "AcceptedTcbStatuses",
+            "OutOfDateGraceDays",
+            "DeniedAdvisoryIDs",
         ),
     )
     if "MrTd" not in obj:
@@ -285,6 +313,18 @@ def parse_tdx_reference(value: Any, path: str) -> TdxReference:
             )
     if not statuses:
         raise InvalidReferenceValues(f"{path}.AcceptedTcbStatuses", "must not be empty")
+    grace = (
+        timedelta(days=_uint(obj["OutOfDateGraceDays"], f"{path}.OutOfDateGraceDays", 16))
+        if "OutOfDateGraceDays" in obj
+        else None
+    )
+    denied: list[str] = []
+    for i, a in enumerate(_list(obj.get("DeniedAdvisoryIDs", []), f"{path}.DeniedAdvisoryIDs")):
+        if not isinstance(a, str) or not a:
+            raise InvalidReferenceValues(
+                f"{path}.DeniedAdvisoryIDs[{i}]", "must be an advisory ID such as INTEL-SA-00837"
+            )
+        denied.append(a.upper())
     return TdxReference(
         mr_td=_hex(obj["MrTd"], f"{path}.MrTd", 48),
         mr_seam=_hex(obj["MrSeam"], f"{path}.MrSeam", 48) if "MrSeam" in obj else None,
@@ -309,6 +349,8 @@ def parse_tdx_reference(value: Any, path: str) -> TdxReference:
             for i, p in enumerate(_list(obj.get("AllowedPIIDs", []), f"{path}.AllowedPIIDs"))
         ),
         accepted_tcb_statuses=statuses,
+        out_of_date_grace=grace,
+        denied_advisory_ids=tuple(denied),
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from attestation.anchors import TrustAnchors
 from attestation.cache import BoundedCache
+from attestation.collateral.cache import CollateralSource
 from attestation.errors import MalformedEvidence, PolicyViolation
 from attestation.evidence import Evidence
 from attestation.reference import ReferenceValues, SnpReference, TdxReference
@@ -44,8 +45,20 @@ class VerifiedEvidence:
 class Verifier:
     """Holds the trust anchors and the verified-chain caches shared across requests."""
 
-    def __init__(self, anchors: TrustAnchors, *, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        anchors: TrustAnchors,
+        *,
+        cache_size: int = 1024,
+        collateral: CollateralSource | None = None,
+        collateral_grace: timedelta = timedelta(0),
+    ) -> None:
+        """``collateral`` supplies what evidence lacks (a VCEK, TDX collateral), e.g. the
+        ``--collateral-dir`` a collateral service keeps warm; ``collateral_grace`` extends
+        ``nextUpdate`` by the same grace that service serves stale copies within."""
         self.anchors = anchors
+        self.collateral = collateral
+        self.collateral_grace = collateral_grace
         self.snp_cache: BoundedCache[Any, Any] = BoundedCache(cache_size)
         self.tdx_cache: BoundedCache[Any, Any] = BoundedCache(cache_size)
 
@@ -70,9 +83,12 @@ class Verifier:
         report_data: bytes | None,
         now: datetime,
     ) -> VerifiedEvidence:
+        certs: Sequence[bytes] = ev.certs
+        if not certs and self.collateral is not None:
+            certs = self.collateral.snp_certs(ev.report)
         res = verify_snp(
             ev.report,
-            ev.certs,
+            certs,
             self.anchors,
             refs,
             report_data,
@@ -98,6 +114,8 @@ class Verifier:
         now: datetime,
     ) -> VerifiedEvidence:
         collateral = TdxCollateral.from_cbor_map(dict(ev.collateral)) if ev.collateral else None
+        if collateral is None and self.collateral is not None:
+            collateral = self.collateral.tdx_collateral(ev.report)
         res = verify_tdx(
             ev.report,
             self.anchors,
@@ -106,6 +124,7 @@ class Verifier:
             now,
             collateral=collateral,
             cache=self.tdx_cache,
+            collateral_grace=self.collateral_grace,
         )
         if res.mr_config_id[32:] != bytes(16):
             raise PolicyHashNotBound("MRCONFIGID[32:48] must be zero")

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import enum
 
+__all__ = ["ERROR_DOMAIN", "ConcordError", "Status"]
+
+ERROR_DOMAIN = "concord.v1"
+"""The ``google.rpc.ErrorInfo.domain`` of our reasons: a client reads a reason only from it."""
+
 
 class Status(enum.Enum):
     """The status kinds the API distinguishes; the service maps each to one gRPC code."""
@@ -32,3 +37,10 @@ class ConcordError(Exception):
 
     reason: str = "internal"
     status: Status = Status.INTERNAL
+
+    def public_message(self) -> str:
+        """What a remote caller is told. INTERNAL errors say nothing (their text may describe
+        our internals); a class whose text needs a fixed or shortened wording overrides this."""
+        if self.status is Status.INTERNAL:
+            return "internal error"
+        return str(self)

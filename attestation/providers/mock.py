@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from attestation.evidence import Evidence
+from attestation.mock.snp import MockAmd, create_mock_amd, load_mock_amd
+from attestation.mock.tdx import MockIntel, create_mock_intel, load_mock_intel
 from attestation.providers.base import ProviderError
-from attestation.snp.mock import MockAmd, create_mock_amd, load_mock_amd
-from attestation.tdx.mock import MockIntel, create_mock_intel, load_mock_intel
 
 MOCK_FILE = "mock.json"
 REFERENCE_FILE = "reference-values.json"

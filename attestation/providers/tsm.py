@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from attestation.collateral.cache import CollateralSource
 from attestation.errors import EvidenceRejected
 from attestation.evidence import Evidence
 from attestation.providers.base import ProviderError
@@ -110,6 +111,9 @@ class TsmProvider:
     # TDX collateral (TCB info, QE identity, CRLs as envelope map) fetched out of band, e.g. by a
     # PCS/PCCS fetcher: verifiers require it, and this provider never fetches anything itself.
     tdx_collateral: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
+    # A collateral directory kept warm by the collateral service: supplies the VCEK when the host
+    # gives no auxblob, and TDX collateral when no file was configured.
+    collateral: CollateralSource | None = field(default=None, compare=False, repr=False)
 
     @property
     def tee(self) -> str:
@@ -179,8 +183,13 @@ class TsmProvider:
                 f"configfs-tsm: generation moved from {before} to {after}: concurrent writer"
             )
         certs = parse_snp_cert_table(aux, leaf=_snp_signer(report)) if aux else ()
+        if tee == "snp" and not certs and self.collateral is not None:
+            certs = self.collateral.snp_certs(report)
         try:
             collateral = dict(self.tdx_collateral or {}) if tee == "tdx" else {}
+            if tee == "tdx" and not collateral and self.collateral is not None:
+                found = self.collateral.tdx_collateral(report)
+                collateral = found.to_cbor_map() if found is not None else {}
             return Evidence(tee=tee, report=report, certs=certs, collateral=collateral)
         except EvidenceRejected as exc:
             raise ProviderError(f"configfs-tsm: unexpected outblob/auxblob: {exc}") from None

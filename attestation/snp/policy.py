@@ -126,10 +126,12 @@ def check_reference(facts: SnpFacts, ref: SnpReference) -> None:
             f"{gp.abi_major}.{gp.abi_minor}"
         )
     platform = report.platform_info
-    if platform.unknown_bits:
-        raise PlatformInfoViolation(
-            f"platform_info has unknown bits 0x{platform.unknown_bits:x} set"
-        )
+    # Bits without a name appear on newer firmware (e.g. bit 6 on Turin); only a reference that
+    # names them forbids them, so evidence from current platforms is not refused by default.
+    denied = platform.unknown_bits & ref.platform_unknown_forbidden
+    if denied:
+        names = ", ".join(f"Bit{n}" for n in range(64) if denied >> n & 1)
+        raise PlatformInfoViolation(f"platform_info {names} set; the reference forbids it")
     forbidden = sorted(platform.flags - ref.platform_allowed)
     if forbidden:
         raise PlatformInfoViolation(

@@ -89,6 +89,11 @@ class PlatformInfo:
     flags: frozenset[str]
     unknown_bits: int
 
+    @property
+    def unknown_names(self) -> tuple[str, ...]:
+        """``Bit<N>`` for each set bit without a name (the reference-value key for it)."""
+        return tuple(f"Bit{n}" for n in range(64) if self.unknown_bits >> n & 1)
+
 
 def decode_policy(raw: int) -> GuestPolicy:
     """Decode the 64-bit guest policy; bit 17 must be one and bits 26..63 zero."""

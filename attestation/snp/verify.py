@@ -25,7 +25,7 @@ from attestation.reference import SnpReference, SnpTcb
 from attestation.snp.certs import VerifiedKey, verify_key_chain
 from attestation.snp.policy import ReportTcbs, SnpFacts, evaluate
 from attestation.snp.report import SnpReport, parse_report
-from attestation.snp.tcb import tcb_components
+from attestation.snp.tcb import is_turin_layout, tcb_components
 
 CHIP_ID_SIZE = 64
 _ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())
@@ -42,6 +42,34 @@ class SnpVerified:
     host_data: bytes
     report_data: bytes
     chip_id: bytes  # 64 bytes: report CHIP_ID, or the VCEK hwID when the report masks it
+
+
+class CertificateProductMismatch(BindingMismatch):
+    """The VCEK/VLEK is for another product line than the report (e.g. a Turin VCEK for Genoa)."""
+
+    reason = "certificate_product"
+
+
+def _check_product(report: SnpReport, key: VerifiedKey) -> None:
+    """Name a wrong-product certificate before its TCB layout misreads the report.
+
+    Version 2 reports carry no CPUID; they come from Milan/Genoa firmware only (Turin firmware
+    writes version 3 and later), so a Turin key for a version 2 report is a wrong pairing too.
+    """
+    info = key.info
+    cpuid_product = report.cpuid_product
+    if cpuid_product is not None:
+        if cpuid_product != info.product:
+            raise CertificateProductMismatch(
+                f"the {info.kind.upper()} is for {info.product} ({info.product_name}) but the "
+                f"report is from {cpuid_product} (CPUID): the certificate is for another product"
+            )
+    elif is_turin_layout(info.product):
+        raise CertificateProductMismatch(
+            f"the {info.kind.upper()} is for {info.product} ({info.product_name}) but the report "
+            f"is version {report.version} (Milan or Genoa firmware): the certificate is for "
+            "another product"
+        )
 
 
 def _bind(report: SnpReport, key: VerifiedKey, tcbs: ReportTcbs) -> bytes:
@@ -89,6 +117,51 @@ def _check_signature(report: SnpReport, key: VerifiedKey) -> None:
         ) from None
 
 
+@dataclass(frozen=True)
+class SnpAuthentic:
+    """A report whose chain, binding and signature verified: authentic, not yet judged."""
+
+    report: SnpReport
+    product: str
+    signer: str  # "vcek" | "vlek"
+    tcbs: ReportTcbs
+    chip_id: bytes
+
+    @property
+    def facts(self) -> SnpFacts:
+        return SnpFacts(
+            report=self.report,
+            product=self.product,
+            signer=self.signer,
+            chip_id=self.chip_id,
+            tcbs=self.tcbs,
+        )
+
+
+def authenticate_snp(
+    report: bytes,
+    certs: Sequence[bytes],
+    anchors: TrustAnchors,
+    now: datetime,
+    *,
+    crls: Sequence[bytes] = (),
+    cache: BoundedCache[bytes, VerifiedKey] | None = None,
+) -> SnpAuthentic:
+    """Authenticity only: parse, chain, product/TCB/chip binding, signature. No references."""
+    parsed = parse_report(report)
+    if parsed.signer == "none":
+        raise SignatureInvalid("report is not signed (SIGNING_KEY = none)")
+    key = verify_key_chain(
+        certs, anchors, now, product_hint=parsed.cpuid_product, crls=crls, cache=cache
+    )
+    _check_product(parsed, key)
+    product = key.product
+    tcbs = ReportTcbs.decode(parsed, product)
+    chip_id = _bind(parsed, key, tcbs)
+    _check_signature(parsed, key)
+    return SnpAuthentic(report=parsed, product=product, signer=key.kind, tcbs=tcbs, chip_id=chip_id)
+
+
 def verify_snp(
     report: bytes,
     certs: Sequence[bytes],
@@ -103,32 +176,21 @@ def verify_snp(
     """Verify one SEV-SNP report; ``certs[0]`` is the VCEK or VLEK DER (ASK/ARK optional)."""
     if expected_report_data is not None and len(expected_report_data) != 64:
         raise ValueError("expected_report_data must be exactly 64 bytes")
-    parsed = parse_report(report)
-    if parsed.signer == "none":
-        raise SignatureInvalid("report is not signed (SIGNING_KEY = none)")
-    key = verify_key_chain(
-        certs, anchors, now, product_hint=parsed.cpuid_product, crls=crls, cache=cache
-    )
-    product = key.product
-    tcbs = ReportTcbs.decode(parsed, product)
-    chip_id = _bind(parsed, key, tcbs)
-    _check_signature(parsed, key)
+    auth = authenticate_snp(report, certs, anchors, now, crls=crls, cache=cache)
+    parsed = auth.report
     if expected_report_data is not None and not hmac.compare_digest(
         parsed.report_data, expected_report_data
     ):
         raise ReportDataMismatch("report_data does not match the expected value")
-    index = evaluate(
-        SnpFacts(report=parsed, product=product, signer=key.kind, chip_id=chip_id, tcbs=tcbs),
-        references,
-    )
+    index = evaluate(auth.facts, references)
     return SnpVerified(
         report=parsed,
-        product=product,
-        signer=key.kind,
+        product=auth.product,
+        signer=auth.signer,
         reference_index=index,
-        tcb=tcbs.reported,
+        tcb=auth.tcbs.reported,
         measurement=parsed.measurement,
         host_data=parsed.host_data,
         report_data=parsed.report_data,
-        chip_id=chip_id,
+        chip_id=auth.chip_id,
     )

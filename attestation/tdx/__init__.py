@@ -1,6 +1,6 @@
 """Intel TDX: quote parsing, PCK chain, collateral, verification and policy.
 
-The mock hierarchy lives in :mod:`attestation.tdx.mock` and is imported explicitly.
+The mock hierarchy lives in :mod:`attestation.mock.tdx` and is imported explicitly.
 """
 
 from attestation.tdx.collateral import TdxCollateral, load_collateral_json

@@ -11,6 +11,10 @@ Decisions worth knowing:
 * ``AllowedPIIDs`` is matched against the PCK certificate's PlatformInstanceID when the PCK has
   one (multi-package platforms, PCK Platform CA), else against its PPID: one Intel-certified
   16-byte platform identifier per platform.
+* ``OutOfDateGraceDays`` admits OutOfDate (OutOfDateConfigurationNeeded) while UpToDate
+  (ConfigurationNeeded) is accepted, until that many days after the tcbDate of the newest level
+  the platform does not reach (when Intel published the fix); past it, fail closed.
+* ``DeniedAdvisoryIDs`` refuses a quote whose TCB evaluation lists any of those advisories.
 * ``AcceptedTcbStatuses`` is enforced against the status computed from verified collateral.
   Without collateral the status is unknown: the check is skipped only if the reference accepts
   "UpToDate" *and* the caller explicitly passed ``require_collateral=False`` to the verifier
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from attestation.errors import (
     DebugForbidden,
@@ -35,6 +40,13 @@ from attestation.errors import (
 from attestation.reference import TdxReference
 from attestation.tdx.pck import SgxExtensions
 from attestation.tdx.quote import TD_ATTRIBUTES_DEBUG, TdReportBody
+from attestation.tdx.tcb import TcbEvaluation
+
+
+class AdvisoryDenied(PolicyViolation):
+    """The TCB evaluation lists an advisory ID the reference denies."""
+
+    reason = "advisory_denied"
 
 
 class PlatformNotAllowed(PolicyViolation):
@@ -51,13 +63,39 @@ class TdxClaims:
     qe_svn: int
     pck: SgxExtensions
     tcb_status: str | None  # None: no collateral was verified
+    evaluation: TcbEvaluation | None = None
 
 
 def _eq(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def check_reference(claims: TdxClaims, ref: TdxReference) -> None:
+_GRACE_BASE = {"OutOfDate": "UpToDate", "OutOfDateConfigurationNeeded": "ConfigurationNeeded"}
+
+
+def _within_grace(claims: TdxClaims, ref: TdxReference, now: datetime | None) -> bool:
+    """OutOfDate admitted by ``OutOfDateGraceDays``; a rejection names the end of the grace."""
+    status = claims.tcb_status
+    evaluation = claims.evaluation
+    if (
+        ref.out_of_date_grace is None
+        or status not in _GRACE_BASE
+        or _GRACE_BASE[status] not in ref.accepted_tcb_statuses
+        or evaluation is None
+        or evaluation.out_of_date_since is None
+        or now is None
+    ):
+        return False
+    ends = evaluation.out_of_date_since + ref.out_of_date_grace
+    if now > ends:
+        raise TcbStatusRejected(
+            f"TCB status {status} since {evaluation.out_of_date_since.isoformat()}: the grace "
+            f"period of {ref.out_of_date_grace.days} days ended {ends.isoformat()}"
+        )
+    return True
+
+
+def check_reference(claims: TdxClaims, ref: TdxReference, now: datetime | None = None) -> None:
     """Raise the first violation of ``ref`` by ``claims``; return None when admitted."""
     body = claims.body
     if body.debug:
@@ -104,24 +142,30 @@ def check_reference(claims: TdxClaims, ref: TdxReference) -> None:
             raise TcbStatusRejected(
                 "TCB status unknown (no collateral) and the reference does not accept UpToDate"
             )
-    elif claims.tcb_status not in ref.accepted_tcb_statuses:
+    elif claims.tcb_status not in ref.accepted_tcb_statuses and not _within_grace(claims, ref, now):
         raise TcbStatusRejected(
             f"TCB status {claims.tcb_status} is not in AcceptedTcbStatuses "
             f"{list(ref.accepted_tcb_statuses)}"
         )
+    if ref.denied_advisory_ids and claims.evaluation is not None:
+        denied = [a for a in claims.evaluation.advisory_ids if a.upper() in ref.denied_advisory_ids]
+        if denied:
+            raise AdvisoryDenied(f"TCB evaluation lists denied advisories {', '.join(denied)}")
 
 
-def match_references(claims: TdxClaims, references: Sequence[TdxReference]) -> int:
+def match_references(
+    claims: TdxClaims, references: Sequence[TdxReference], now: datetime | None = None
+) -> int:
     """Index of the first admitting reference; typed violation otherwise."""
     if not references:
         raise NoMatchingReference("no TDX reference values are configured")
     if len(references) == 1:
-        check_reference(claims, references[0])
+        check_reference(claims, references[0], now)
         return 0
     reasons = []
     for i, ref in enumerate(references):
         try:
-            check_reference(claims, ref)
+            check_reference(claims, ref, now)
         except (PolicyViolation, TcbStatusRejected) as exc:
             reasons.append(f"tdx[{i}]: {exc}")
             continue

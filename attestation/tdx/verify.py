@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -29,8 +29,9 @@ from attestation.errors import (
     SignatureInvalid,
 )
 from attestation.reference import TdxReference
-from attestation.tdx.collateral import TdxCollateral, evaluate_tcb, verify_collateral
-from attestation.tdx.pck import check_aware, verify_pck_chain
+from attestation.tdx.collateral_model import TdxCollateral
+from attestation.tdx.collateral_verify import verify_collateral
+from attestation.tdx.pck import PckChain, check_aware, verify_pck_chain
 from attestation.tdx.policy import TdxClaims, match_references
 from attestation.tdx.quote import (
     INTEL_QE_VENDOR_ID,
@@ -38,6 +39,7 @@ from attestation.tdx.quote import (
     UnsupportedQuoteType,
     parse_quote,
 )
+from attestation.tdx.tcb import TcbEvaluation, evaluate_tcb
 
 
 class MissingCollateral(CollateralRejected):
@@ -76,27 +78,46 @@ def _ecdsa_verify(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bo
     return True
 
 
-def verify_tdx(
+@dataclass(frozen=True)
+class TdxAuthentic:
+    """A quote whose PCK chain, QE binding, signatures and collateral verified; not yet judged."""
+
+    quote: TdxQuote
+    pck: PckChain
+    evaluation: TcbEvaluation | None  # None: no collateral, TCB status unknown
+
+    @property
+    def tcb_status(self) -> str | None:
+        return None if self.evaluation is None else self.evaluation.status
+
+    @property
+    def advisory_ids(self) -> tuple[str, ...]:
+        return () if self.evaluation is None else self.evaluation.advisory_ids
+
+    @property
+    def claims(self) -> TdxClaims:
+        q = self.quote
+        return TdxClaims(
+            body=q.body,
+            qe_svn=q.qe_report.isv_svn,
+            pck=self.pck.extensions,
+            tcb_status=self.tcb_status,
+            evaluation=self.evaluation,
+        )
+
+
+def authenticate_tdx(
     quote: bytes,
     anchors: TrustAnchors,
-    references: Sequence[TdxReference],
-    expected_report_data: bytes | None,
     now: datetime,
     *,
     collateral: TdxCollateral | None = None,
     cache: BoundedCache[bytes, object] | None = None,
     require_collateral: bool = True,
-) -> TdxVerified:
-    """Verify a TDX quote; return what it proves or raise the typed reason it is refused.
-
-    ``require_collateral`` (default True, fail closed): without collateral the TCB status is
-    unknown and the quote is refused with :class:`MissingCollateral`. Passing False accepts a
-    quote without collateral only for references that accept "UpToDate" (see policy.py).
-    """
+    collateral_grace: timedelta = timedelta(0),
+) -> TdxAuthentic:
+    """Authenticity and TCB evaluation only (no references, no report data)."""
     check_aware(now)
-    if expected_report_data is not None and len(expected_report_data) != 64:
-        raise ValueError("expected_report_data must be 64 bytes")
-
     q = parse_quote(quote)
     if q.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         # Only Intel's quoting enclave is anchored here (its identity is what the QE identity
@@ -121,27 +142,54 @@ def verify_tdx(
             "quote signature: header and body are not signed by the attestation key"
         )
 
-    tcb_status: str | None = None
-    advisories: tuple[str, ...] = ()
+    evaluation: TcbEvaluation | None = None
     if collateral is not None:
-        verified = verify_collateral(collateral, anchors, now, cache)
+        verified = verify_collateral(collateral, anchors, now, cache, collateral_grace)
         verified.check_revocation(pck)
         evaluation = evaluate_tcb(verified, q.body, q.qe_report, pck.extensions)
-        tcb_status = evaluation.status
-        advisories = evaluation.advisory_ids
     elif require_collateral:
         raise MissingCollateral("no TDX collateral: the TCB status cannot be established")
+    return TdxAuthentic(quote=q, pck=pck, evaluation=evaluation)
 
+
+def verify_tdx(
+    quote: bytes,
+    anchors: TrustAnchors,
+    references: Sequence[TdxReference],
+    expected_report_data: bytes | None,
+    now: datetime,
+    *,
+    collateral: TdxCollateral | None = None,
+    cache: BoundedCache[bytes, object] | None = None,
+    require_collateral: bool = True,
+    collateral_grace: timedelta = timedelta(0),
+) -> TdxVerified:
+    """Verify a TDX quote; return what it proves or raise the typed reason it is refused.
+
+    ``require_collateral`` (default True, fail closed): without collateral the TCB status is
+    unknown and the quote is refused with :class:`MissingCollateral`. Passing False accepts a
+    quote without collateral only for references that accept "UpToDate" (see policy.py).
+    """
+    check_aware(now)
+    if expected_report_data is not None and len(expected_report_data) != 64:
+        raise ValueError("expected_report_data must be 64 bytes")
+    auth = authenticate_tdx(
+        quote,
+        anchors,
+        now,
+        collateral=collateral,
+        cache=cache,
+        require_collateral=require_collateral,
+        collateral_grace=collateral_grace,
+    )
+    q = auth.quote
     if expected_report_data is not None and not hmac.compare_digest(
         q.body.report_data, expected_report_data
     ):
         raise ReportDataMismatch("report_data does not match the expected value")
 
-    claims = TdxClaims(
-        body=q.body, qe_svn=q.qe_report.isv_svn, pck=pck.extensions, tcb_status=tcb_status
-    )
-    index = match_references(claims, references)
-
+    index = match_references(auth.claims, references, now)
+    pck = auth.pck
     return TdxVerified(
         quote=q,
         reference_index=index,
@@ -152,9 +200,9 @@ def verify_tdx(
         xfam=q.body.xfam,
         tee_tcb_svn=q.body.tee_tcb_svn,
         report_data=q.body.report_data,
-        tcb_status=tcb_status,
+        tcb_status=auth.tcb_status,
         fmspc=pck.extensions.fmspc,
         pce_svn=pck.extensions.tcb.pce_svn,
         qe_svn=q.qe_report.isv_svn,
-        advisory_ids=advisories,
+        advisory_ids=auth.advisory_ids,
     )

@@ -20,6 +20,8 @@ from typing import Any
 
 from attestation.anchors import AnchorError, TrustAnchors
 from attestation.errors import EvidenceRejected
+from attestation.providers.spec import TeeSpec, TeeSpecError, parse_tee_spec
+from coordinator.store.spec import StoreKind, StoreSpec, StoreSpecError, parse_store_spec
 
 PROG = "concord"
 
@@ -101,6 +103,20 @@ def _out_dir(path: str) -> Path:
 # --- serve ---------------------------------------------------------------------------------------
 
 
+def _store_spec(text: str) -> StoreSpec:
+    try:
+        return parse_store_spec(text)
+    except StoreSpecError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _tee_spec(text: str) -> TeeSpec:
+    try:
+        return parse_tee_spec(text)
+    except TeeSpecError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _etcd_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for flag, key in (("etcd_ca", "ca_cert"), ("etcd_cert", "cert_cert"), ("etcd_key", "cert_key")):
@@ -114,22 +130,27 @@ def _etcd_options(args: argparse.Namespace) -> dict[str, Any]:
         options["password"] = raw.decode("utf-8", "strict").rstrip("\r\n")
     if ("user" in options) != ("password" in options):
         raise UsageError("--etcd-user and --etcd-password-file: give both or neither")
-    if options and not args.store.startswith("etcd://"):
+    if options and _store_spec(args.store).kind is not StoreKind.ETCD:
         raise UsageError("--etcd-* flags need --store etcd://HOST:PORT[,...]")
     return options
+
+
+def _collateral_dir(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    if not Path(path).is_dir():
+        raise UsageError(f"--collateral-dir {path}: not a directory")
+    return Path(path)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.service.server import ServerConfig, serve, setup_logging
 
-    if args.tee != "tsm" and not (args.tee.startswith("mock:") and len(args.tee) > 5):
-        raise UsageError(f"--tee must be 'tsm' or 'mock:DIR', got {args.tee!r}")
-    if args.tee.startswith("mock:") and args.mock_policy is None:
+    if _tee_spec(args.tee).is_mock and args.mock_policy is None:
         raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)")
     _existing_file(args.mock_policy, "--mock-policy")
     _existing_file(args.tdx_collateral, "--tdx-collateral")
-    if not args.store.startswith(("file:", "etcd://", "memory:")):
-        raise UsageError(f"--store must be file:DIR or etcd://HOST:PORT[,...], got {args.store!r}")
+    _store_spec(args.store)  # fail early, as a usage error
     _anchors(args.trust_anchors)  # fail early, as a usage error
     config = ServerConfig(
         store=args.store,
@@ -137,6 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mock_policy=Path(args.mock_policy) if args.mock_policy else None,
         mock_tee_type=args.mock_tee_type,
         tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
+        collateral_dir=_collateral_dir(args.collateral_dir),
         trust_anchors=args.trust_anchors,
         user_addr=args.user_addr,
         mesh_addr=args.mesh_addr,
@@ -164,10 +186,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- set / verify / recover ----------------------------------------------------------------------
 
 
+# The empty manifest fields `concord set` refuses unless the flag accepting the consequence is given.
+_FOOT_GUN_FLAGS = {
+    "immutable": ("--allow-immutable", "allow_immutable"),
+    "unrecoverable": ("--allow-unrecoverable", "allow_unrecoverable"),
+}
+
+
+def _refuse_foot_guns(manifest_raw: bytes, args: argparse.Namespace) -> bool:
+    """Refuse (exit 2, nothing sent) a manifest whose empty fields freeze the deployment or make
+    it unrecoverable, unless the user accepted that by flag; returns whether it has seed shares."""
+    from coordinator.client.operations import parse_manifest
+    from coordinator.core.manifest_edit import findings
+
+    manifest = parse_manifest(manifest_raw)
+    refused = [
+        f"{f.field} is empty: {f.consequence} (add one with `concord manifest add-owner`, "
+        f"or pass {_FOOT_GUN_FLAGS[f.name][0]} to accept that)"
+        for f in findings(manifest)
+        if f.name in _FOOT_GUN_FLAGS and not getattr(args, _FOOT_GUN_FLAGS[f.name][1])
+    ]
+    if refused:
+        raise UsageError("manifest refused: " + "; ".join(refused))
+    return bool(manifest.seedshare_owner_keys_der)
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     from coordinator.client.operations import set_manifest
 
     manifest = _read(args.manifest, "manifest")
+    has_seed_shares = _refuse_foot_guns(manifest, args)
     policies = [_read(p, "policy") for p in args.policy or ()]
     owner_key = _private_key(args.owner_key, "--owner-key") if args.owner_key else None
     anchors = _anchors(args.trust_anchors)
@@ -178,7 +226,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     from coordinator.client.operations import write_file
 
     files = []
-    if result.first:
+    if result.first and has_seed_shares:
         # The coordinator hands out the seed shares exactly once: save them before anything else.
         name = "seedshares.json"
         if (out / name).exists():
@@ -213,7 +261,12 @@ def cmd_set(args: argparse.Namespace) -> int:
             f"wrote       {', '.join(str(out / f) for f in files)}",
             *(
                 ["keep seedshares.json and the seed-share keys safe: they recover the deployment"]
-                if result.first
+                if result.first and has_seed_shares
+                else []
+            ),
+            *(
+                ["no seed-share owners: this deployment cannot be recovered by a user"]
+                if result.first and not has_seed_shares
                 else []
             ),
         ],
@@ -289,7 +342,7 @@ def _join_policy(args: argparse.Namespace) -> Any:
     from attestation.reference import parse_reference_values
     from coordinator.client.channel import CoordinatorPolicy
 
-    mock_dir = args.tee[len("mock:") :] if args.tee.startswith("mock:") else None
+    mock_dir = _tee_spec(args.tee).mock_dir
     anchors_spec = args.trust_anchors or (f"mock:{mock_dir}" if mock_dir else "production")
     refs_path = args.reference_values
     if refs_path is None:
@@ -321,26 +374,29 @@ def _join_policy(args: argparse.Namespace) -> Any:
 def _join_provider(args: argparse.Namespace) -> Any:
     from attestation.providers.base import ProviderError
 
-    if args.tee == "tsm":
+    mock_dir = _tee_spec(args.tee).mock_dir
+    if mock_dir is None:
         from attestation.providers.tsm import TsmProvider
-        from coordinator.service.server import load_tdx_collateral
+        from attestation.tdx.collateral import load_collateral_json
 
-        path = Path(args.tdx_collateral) if args.tdx_collateral else None
         try:
-            return TsmProvider(tdx_collateral=load_tdx_collateral(path))
+            collateral = (
+                load_collateral_json(Path(args.tdx_collateral)).to_cbor_map()
+                if args.tdx_collateral
+                else None
+            )
+            return TsmProvider(tdx_collateral=collateral)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--tdx-collateral: {exc}") from None
-    if args.tee.startswith("mock:") and len(args.tee) > 5:
-        from attestation.providers.mock import MockProvider
+    from attestation.providers.mock import MockProvider
 
-        if args.mock_policy is None:
-            raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the CVM runs)")
-        policy = _read(args.mock_policy, "--mock-policy")
-        try:
-            return MockProvider(args.tee[5:], policy, tee=args.mock_tee_type)
-        except ProviderError as exc:
-            raise UsageError(str(exc)) from None
-    raise UsageError(f"--tee must be 'tsm' or 'mock:DIR', got {args.tee!r}")
+    if args.mock_policy is None:
+        raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the CVM runs)")
+    policy = _read(args.mock_policy, "--mock-policy")
+    try:
+        return MockProvider(mock_dir, policy, tee=args.mock_tee_type)
+    except ProviderError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_join(args: argparse.Namespace) -> int:
@@ -461,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
     _add_tdx_collateral(p)
+    p.add_argument(
+        "--collateral-dir",
+        metavar="DIR",
+        help="vendor collateral directory (concord collateral fetch): VCEKs and TDX collateral "
+        "that evidence (incoming, and this CVM's own) does not carry",
+    )
     p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
     _add_anchors(p)
     p.add_argument("--user-addr", default="0.0.0.0:1313", metavar="HOST:PORT")
@@ -501,6 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="policy documents referenced by the manifest (all of them)",
     )
     p.add_argument("--owner-key", metavar="KEY.pem", help="workload owner key (updates)")
+    p.add_argument(
+        "--allow-immutable",
+        action="store_true",
+        help="accept a manifest without WorkloadOwnerKeyDigests: it can never be updated",
+    )
+    p.add_argument(
+        "--allow-unrecoverable",
+        action="store_true",
+        help="accept a manifest without SeedshareOwnerPubKeys: once every coordinator has lost "
+        "its state, the deployment can never be recovered",
+    )
     _add_anchors(p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_set)
@@ -580,6 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _register_attestation(sub)
+    from coordinator.cli import collateral, keys, manifest
+
+    keys.register(sub)
+    manifest.register(sub)
+    collateral.register(sub)
     return parser
 
 
@@ -618,7 +696,10 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
     except (AttestationFailed, EvidenceRejected) as exc:
         _err(f"coordinator attestation failed: {exc}")
         return 1
-    except (OperationRefused, VerificationFailed) as exc:
+    except OperationRefused as exc:
+        _err(str(exc) + _hint(exc.reason))
+        return 1
+    except VerificationFailed as exc:
         _err(str(exc))
         return 1
     except NotReady as exc:
@@ -666,11 +747,36 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+# What the user can do about a refusal, by the coordinator's stable reason (never its wording).
+_HINTS = {
+    "not_initialized": "no manifest has been set yet: run `concord set` first",
+    "recovery_mode": (
+        "the coordinator is in recovery mode: a ready peer recovers it, "
+        "or a seed-share owner runs `concord recover`"
+    ),
+    "concurrent_update": "the manifest history moved: run `concord verify`, then retry",
+    "not_in_recovery_mode": "the coordinator serves a fresh state: nothing to recover",
+    "ready_peer_exists": "a ready peer will recover it; `concord recover --force` overrides",
+    "updates_disabled": "the current manifest has no WorkloadOwnerKeyDigests: it is final",
+    "not_workload_owner": "sign with a key listed in the current WorkloadOwnerKeyDigests",
+    "not_seedshare_owner": "use a key listed in the latest manifest's SeedshareOwnerPubKeys",
+    "token_expired": "the challenge expired: retry",
+    "token_wrong_transition": "the manifest changed meanwhile: retry",
+}
+
+
+def _hint(reason: str | None) -> str:
+    hint = _HINTS.get(reason or "")
+    return f" (hint: {hint})" if hint else ""
+
+
 def _describe(exc: Exception, args: argparse.Namespace) -> str:
     import grpc
 
+    from coordinator.client.errors import reason_of
+
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+        return f"{exc.code().name}: {exc.details()}{_hint(reason_of(exc))}"
     if isinstance(exc, (ConnectionError, TimeoutError)) or (
         isinstance(exc, OSError) and exc.filename is None
     ):

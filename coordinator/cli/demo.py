@@ -15,25 +15,23 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import secrets
-import select
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from coordinator.supervisor import Supervised, SupervisorError, python_env
 
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -47,19 +45,8 @@ class DemoFailed(Exception):
 # --- a coordinator process -----------------------------------------------------------------------
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """Linux: the coordinator gets SIGTERM if the process that started it dies."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class CoordinatorProcess:
-    """``concord serve`` as a child process; :meth:`start` returns once it is serving.
+    """``concord serve`` as a supervised child process; :meth:`start` returns once it serves.
 
     Start it from the main thread: on Linux the child is bound to the lifetime of the thread
     that forked it (PR_SET_PDEATHSIG), so a killed parent never leaves a coordinator behind.
@@ -75,10 +62,15 @@ class CoordinatorProcess:
         self.serve_args = list(serve_args)
         self.log_path = log_path
         self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
-        self._log: IO[bytes] | None = None
-        self._drain: threading.Thread | None = None
+        self.child = Supervised(
+            [sys.executable, "-m", "coordinator.cli", "serve", *self.serve_args],
+            log_path,
+            env=python_env(PROJECT_ROOT),
+            die_with_parent=True,
+            stop_timeout=STOP_TIMEOUT,
+            name="coordinator",
+        )
 
     @property
     def user(self) -> str:
@@ -94,97 +86,27 @@ class CoordinatorProcess:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        pid = self.child.pid
+        assert pid is not None
+        return pid
 
     def start(self) -> dict[str, Any]:
-        if self.proc is not None and self.proc.poll() is None:
-            raise DemoFailed("coordinator process already running")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "serve", *self.serve_args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
-        )
         try:
-            line = self._read_line(self.startup_timeout)
-            info = json.loads(line)
-            if not isinstance(info, dict) or info.get("event") != "serving":
-                raise DemoFailed(f"unexpected first line from the coordinator: {line[:200]!r}")
-        except BaseException:
-            self.stop()
-            raise
+            info = self.child.start_ready(self.startup_timeout, accept=_is_serving)
+        except SupervisorError as exc:
+            raise DemoFailed(str(exc)) from None
         self.info = info
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-        self._drain = threading.Thread(target=_drain, args=(stdout,), daemon=True)
-        self._drain.start()
         return info
 
-    def _read_line(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DemoFailed(
-                    f"coordinator did not start within {timeout:.0f}s\n{self.log_tail()}"
-                )
-            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.proc.wait(5)
-                raise DemoFailed(
-                    f"coordinator exited with code {self.proc.returncode} before serving\n"
-                    f"{self.log_tail()}"
-                )
-            buf += chunk
-        return buf.split(b"\n", 1)[0].decode("utf-8", "replace")
-
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
+        return self.child.log_tail(lines)
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child.running
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait, SIGKILL if it does not go. Returns the exit code (None: never ran)."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return proc.returncode
+        return self.child.stop(timeout)
 
     def __enter__(self) -> CoordinatorProcess:
         return self
@@ -193,10 +115,8 @@ class CoordinatorProcess:
         self.stop()
 
 
-def _drain(stream: IO[bytes]) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        while stream.read(65536):
-            pass
+def _is_serving(info: dict[str, Any]) -> bool:
+    return info.get("event") == "serving"
 
 
 def serve_args(workdir: Path, mock_dir: Path, coordinator_policy: Path, store: Path) -> list[str]:
@@ -473,7 +393,7 @@ async def run(
             await fetch_and_verify_history(coordinator.user, manifest_v2, anchors=anchors)
             in_recovery = False
         except OperationRefused as exc:
-            in_recovery = exc.details.startswith("recovery mode")
+            in_recovery = exc.reason == "recovery_mode"
         _check(in_recovery, "restart: the coordinator is not in recovery mode")
         progress(f"coordinator restarted (pid {coordinator.pid}): recovery mode")
 

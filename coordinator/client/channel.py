@@ -28,14 +28,20 @@ from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.core.address import split_address
 from coordinator.core.limits import MAX_MESSAGE, NONCE_SIZE
 from coordinator.core.tlsid import SERVER_NAME
+from coordinator.errors import ConcordError, Status
 
 
-class AttestationFailed(Exception):
+class AttestationFailed(ConcordError):
     """The coordinator could not be verified; nothing was sent to it."""
+
+    reason = "coordinator_attestation_failed"
+    status = Status.PERMISSION_DENIED
 
 
 class CoordinatorPolicyMismatch(AttestationFailed):
-    pass
+    """The coordinator's evidence verifies but it runs another policy than expected."""
+
+    reason = "coordinator_policy_mismatch"
 
 
 @dataclass(frozen=True)

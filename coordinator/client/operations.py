@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from coordinator.client.channel import (
     CoordinatorPolicy,
     _der,
 )
+from coordinator.client.errors import RETRY_REASONS, TRANSPORT_CODES, reason_of, status_kind
 from coordinator.core.authz import (
     public_spki,
     recover_message,
@@ -43,6 +43,7 @@ from coordinator.core.authz import (
     sign_owner,
     sign_seedshare,
 )
+from coordinator.core.backoff import MONOTONIC, Backoff, Clock
 from coordinator.core.ca import CAError, leaf_claims
 from coordinator.core.history import ZERO_HASH, HistoryError, SignedLatest, transition_hash
 from coordinator.core.limits import NONCE_SIZE
@@ -61,31 +62,50 @@ from coordinator.core.seedengine import (
     SeedShareDocument,
     decrypt_seed_share,
 )
+from coordinator.errors import ConcordError, Status
 
 RPC_TIMEOUT = 30.0
 KEY_TYPES = ("p256", "p384", "ed25519")
 
 
-class InvalidInput(ValueError):
+class InvalidInput(ConcordError, ValueError):
     """Local input is unusable (manifest, policy files, keys); nothing was sent."""
 
+    reason = "invalid_input"
+    status = Status.INVALID_ARGUMENT
 
-class OperationRefused(Exception):
-    """The coordinator refused the request; ``code`` is the gRPC status."""
 
-    def __init__(self, operation: str, code: grpc.StatusCode, details: str) -> None:
+class OperationRefused(ConcordError):
+    """The coordinator refused the request: ``code`` is the gRPC status, ``reason`` the
+    coordinator's stable reason (what callers decide on), ``details`` its message (for people).
+    An old server sends no reason: ``reason`` is then this class's own."""
+
+    reason = "operation_refused"
+
+    def __init__(
+        self, operation: str, code: grpc.StatusCode, details: str, reason: str | None = None
+    ) -> None:
         super().__init__(f"{operation} refused: {code.name}: {details}")
         self.operation = operation
         self.code = code
         self.details = details
+        self.status = status_kind(code)
+        if reason is not None:
+            self.reason = reason
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(ConcordError):
     """A verified coordinator returned data that does not check out."""
 
+    reason = "verification_failed"
+    status = Status.PERMISSION_DENIED
 
-class NotReady(Exception):
+
+class NotReady(ConcordError):
     """The coordinator is reachable but cannot serve yet (retryable)."""
+
+    reason = "not_ready"
+    status = Status.UNAVAILABLE
 
 
 def parse_manifest(manifest_raw: bytes) -> Manifest:
@@ -101,7 +121,7 @@ def manifest_policy(manifest: Manifest, anchors: TrustAnchors) -> CoordinatorPol
 
 
 def _refused(operation: str, exc: grpc.aio.AioRpcError) -> OperationRefused:
-    return OperationRefused(operation, exc.code(), exc.details() or "")
+    return OperationRefused(operation, exc.code(), exc.details() or "", reason_of(exc))
 
 
 def _pem_der(pem: bytes, what: str) -> bytes:
@@ -391,26 +411,26 @@ class JoinResult:
     policy_hash: bytes
 
 
-_RETRY_DETAILS = ("not initialized", "recovery mode", "challenge token", "concurrent update")
-
-
 def retryable(exc: BaseException) -> str | None:
-    """Why a join attempt may succeed later (coordinator not ready, restarting), or None."""
+    """Why a join attempt may succeed later (coordinator not ready, restarting), or None.
+
+    Decided by the coordinator's reason (:data:`RETRY_REASONS`) or a transport code, never by
+    message text; the returned text is only shown to the user.
+    """
     if isinstance(exc, NotReady):
         return str(exc)
     if isinstance(exc, OperationRefused):
-        if exc.code == grpc.StatusCode.FAILED_PRECONDITION and exc.details.startswith(
-            _RETRY_DETAILS
-        ):
-            return exc.details
-        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if exc.reason in RETRY_REASONS:
+            return exc.details or exc.reason
+        if exc.code in TRANSPORT_CODES:
             return f"coordinator unavailable ({exc.details})"
         return None
-    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-    ):
-        return "coordinator unavailable"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if reason_of(exc) in RETRY_REASONS:
+            return exc.details() or "coordinator not ready"
+        if exc.code() in TRANSPORT_CODES:
+            return "coordinator unavailable"
+        return None
     if isinstance(exc, (OSError, TimeoutError)):
         return f"coordinator unreachable ({type(exc).__name__})"
     return None
@@ -548,6 +568,8 @@ async def _join_once(
 
 
 WaitCallback = Callable[[str, int, float], None]
+JOIN_BACKOFF = Backoff(base=0.1, cap=2.0, jitter=0.25)
+"""Between join attempts: 0.1 s doubling up to 2 s, ±25 % (many workloads start together)."""
 
 
 async def join(
@@ -559,16 +581,18 @@ async def join(
     key_type: str = "p256",
     timeout: float = 60.0,
     on_wait: WaitCallback | None = None,
+    clock: Clock = MONOTONIC,
 ) -> JoinResult:
     """Attest the coordinator, trade our evidence for a mesh certificate and secret, write them.
 
     Retries with jittered exponential back-off while the coordinator is unreachable, not
     initialised or in recovery mode, for at most ``timeout`` seconds; ``on_wait(reason,
     attempt, delay)`` reports each wait. Refusals and attestation failures are not retried.
+    ``clock`` measures the timeout and does the waiting (tests pass a fake one).
     """
     new_leaf_key(key_type)  # reject a bad key type before any network traffic
     out = Path(out_dir)
-    deadline = time.monotonic() + timeout
+    deadline = clock.now() + timeout
     attempt = 0
     while True:
         attempt += 1
@@ -581,15 +605,15 @@ async def join(
             reason = retryable(exc)
             if reason is None:
                 raise
-            delay = min(2.0, 0.1 * 2 ** min(attempt - 1, 5)) * random.uniform(0.75, 1.25)
-            if time.monotonic() + delay > deadline:
+            delay = JOIN_BACKOFF.delay(attempt)
+            if clock.now() + delay > deadline:
                 raise NotReady(
                     f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
                     f"in {timeout:g}s: {reason}"
                 ) from None
             if on_wait is not None:
                 on_wait(reason, attempt, delay)
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
     resp = issued.response
     leaf, _ = verify_issued_chain(
         resp.certificate_chain_pem, resp.mesh_ca_pem, resp.root_ca_pem, issued.leaf_spki

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -43,6 +44,8 @@ from attestation.errors import EvidenceRejected
 from attestation.verify import VerifiedEvidence
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client.channel import AttestationFailed, AttestedChannel, CoordinatorPolicy
+from coordinator.client.errors import reason_of
+from coordinator.core.backoff import Backoff
 from coordinator.core.history import SignedLatest
 from coordinator.core.manifest import Manifest
 from coordinator.core.sealing import (
@@ -53,14 +56,15 @@ from coordinator.core.sealing import (
 )
 from coordinator.core.seedengine import SeedEngine
 from coordinator.core.state import ConcurrentUpdate, Guard, NotInitialized, RecoveryRejected
+from coordinator.errors import ConcordError, Status
 from coordinator.store.base import MembershipStore, Store
 
 __all__ = [
+    "RETRY_BACKOFF",
     "ClusterDeps",
     "Member",
     "PeerRecovery",
     "PeerRecoveryFailed",
-    "backoff_delay",
     "order_candidates",
 ]
 
@@ -72,8 +76,9 @@ SWEEP_INTERVAL = 5.0
 PUBLISH_INTERVAL = 0.01
 """How often readiness is compared with what was published (in memory; writes only changes)."""
 PUBLISH_RETRY = 1.0
-BACKOFF_BASE = 0.05
-BACKOFF_MAX = 2.0
+RETRY_BACKOFF = Backoff(base=0.05, cap=2.0, jitter=0.5)
+"""Between failed recovery attempts and member-watch restarts: 50 ms doubling up to 2 s, spread
+±50 % so that coordinators that failed together do not retry together."""
 PEER_TIMEOUT = 5.0
 """Bound on each step of talking to one peer (connect, attest, challenge, recover)."""
 MEMBER_WAIT = 0.25
@@ -84,8 +89,11 @@ ORPHAN_GRACE = MEMBER_TTL + 1.0
 """How long no live member may be ready before a seed holder re-keys an orphaned ``latest``."""
 
 
-class PeerRecoveryFailed(Exception):
+class PeerRecoveryFailed(ConcordError):
     """This peer cannot be used for recovery (not at ``latest``, or its secrets do not fit)."""
+
+    reason = "peer_recovery_failed"
+    status = Status.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -159,13 +167,6 @@ def order_candidates(
         if addr not in ordered and addr not in exclude:
             ordered.append(addr)
     return ordered, bool(at_latest)
-
-
-def backoff_delay(attempt: int, rand: Callable[[float, float], float] = random.uniform) -> float:
-    """Seconds before retry ``attempt`` (1-based): exponential from BACKOFF_BASE to BACKOFF_MAX,
-    with full jitter down to half, so coordinators that failed together do not retry together."""
-    base = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** max(0, min(attempt - 1, 16)))
-    return base * rand(0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ class PeerRecovery:
                 level = logging.INFO if failures == 0 else logging.DEBUG
                 log.log(level, "member watch failed: %s; restarting", type(exc).__name__)
             failures += 1
-            await asyncio.sleep(backoff_delay(failures))
+            await asyncio.sleep(RETRY_BACKOFF.delay(failures))
 
     async def _list_members(self) -> dict[str, bytes]:
         if not self.membership:
@@ -382,7 +383,7 @@ class PeerRecovery:
     async def _recovery_loop(self) -> None:
         attempt = 0
         while True:
-            timeout = SWEEP_INTERVAL if attempt == 0 else backoff_delay(attempt)
+            timeout = SWEEP_INTERVAL if attempt == 0 else RETRY_BACKOFF.delay(attempt)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -436,6 +437,10 @@ class PeerRecovery:
             except ConcurrentUpdate:
                 log.info("the history moved while recovering from %s; retrying", peer)
                 return False
+            except grpc.aio.AioRpcError as exc:
+                # Logged by reason: the peer's message is for people and may be reworded.
+                reason = reason_of(exc) or exc.code().name.lower()
+                log.info("peer %s refused recovery: %s", peer, reason)
             except Exception as exc:
                 log.info("peer %s unavailable for recovery: %s", peer, type(exc).__name__)
             else:

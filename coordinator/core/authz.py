@@ -5,20 +5,25 @@ so both sides build the exact same domain-separated message."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from coordinator.core.manifest import ManifestError, parse_pkcs1_public_key
+from coordinator.errors import ConcordError, Status
 
 SET_MANIFEST_DOMAIN = b"concord/v1/set-manifest\x00"
 RECOVER_DOMAIN = b"concord/v1/recover\x00"
 
 
-class SignatureError(Exception):
+class SignatureError(ConcordError):
     """A user signature or key is unacceptable; the message says which and why."""
+
+    reason = "signature_invalid"
+    status = Status.PERMISSION_DENIED
 
 
 def set_manifest_message(new_transition_hash: bytes) -> bytes:
@@ -33,14 +38,30 @@ def spki_digest(spki_der: bytes) -> bytes:
     return hashlib.sha256(spki_der).digest()
 
 
-def public_spki(key: Any) -> bytes:
-    pub = key.public_key() if hasattr(key, "public_key") else key
+class PublicKey(Protocol):
+    """Any cryptography public key: all of them serialise to SubjectPublicKeyInfo."""
+
+    def public_bytes(
+        self, encoding: serialization.Encoding, format: serialization.PublicFormat, /
+    ) -> bytes: ...
+
+
+@runtime_checkable
+class PrivateKey(Protocol):
+    """Any cryptography private key, whatever its algorithm."""
+
+    def public_key(self) -> PublicKey: ...
+
+
+def public_spki(key: PublicKey | PrivateKey) -> bytes:
+    """SPKI DER of the public half; callers hold either half of the pair."""
+    pub = key.public_key() if isinstance(key, PrivateKey) else key
     return pub.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def sign_owner(key: Any, message: bytes) -> bytes:
+def sign_owner(key: PrivateKeyTypes, message: bytes) -> bytes:
     """Workload owner keys: ECDSA P-256/P-384 (SHA-256), Ed25519, or RSA-PSS (SHA-256)."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(message, ec.ECDSA(hashes.SHA256()))

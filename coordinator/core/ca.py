@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.core.manifest import classify_san
+from coordinator.errors import ConcordError, Status
 
 ROOT_CN = "system:coordinator:root"
 INTERMEDIATE_CN = "system:coordinator:intermediate"
@@ -72,8 +73,12 @@ LeafPublicKey = (
 )
 
 
-class CAError(ValueError):
-    """Bad CA key material or leaf request (names the field and the reason)."""
+class CAError(ConcordError, ValueError):
+    """Bad CA key material or leaf request (names the field and the reason). INTERNAL at the
+    API: issuance validates the caller's leaf key before it reaches the CA."""
+
+    reason = "ca_error"
+    status = Status.INTERNAL
 
 
 # --- small DER helpers -----------------------------------------------------------------------

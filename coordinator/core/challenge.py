@@ -22,6 +22,8 @@ from typing import Final
 
 import cbor2
 
+from coordinator.errors import ConcordError, Status
+
 KEY_SIZE: Final = 32
 TRANSITION_HASH_SIZE: Final = 32
 RANDOM_SIZE: Final = 16
@@ -34,32 +36,50 @@ MAX_TOKEN_SIZE: Final = MAX_BODY_SIZE + MAC_SIZE
 _MAX_EXPIRY: Final = 2**64 - 1
 
 
-class TokenError(Exception):
+class TokenError(ConcordError):
     """Base class of token rejections. Messages never contain key material."""
 
-    reason = "token"
+    reason = "token_rejected"
+    status = Status.PERMISSION_DENIED
+
+    def public_message(self) -> str:
+        return "token: not issued by this deployment"
 
 
 class TokenMalformed(TokenError):
     """Wrong size or structure."""
 
     reason = "token_malformed"
+    status = Status.INVALID_ARGUMENT
+
+    def public_message(self) -> str:
+        return f"token: {self}"
 
 
 class TokenInvalidMac(TokenError):
     """Not issued with this deployment's challenge key (or altered)."""
 
-    reason = "token_invalid_mac"
+    reason = "token_invalid"
 
 
 class TokenExpired(TokenError):
+    """Past its expiry: the caller must ask for a new challenge."""
+
     reason = "token_expired"
+    status = Status.FAILED_PRECONDITION
+
+    def public_message(self) -> str:
+        return "challenge token expired: re-challenge"
 
 
 class TokenWrongTransition(TokenError):
     """Issued under another manifest transition: the caller must ask for a new challenge."""
 
     reason = "token_wrong_transition"
+    status = Status.FAILED_PRECONDITION
+
+    def public_message(self) -> str:
+        return "challenge token is for another transition: re-challenge"
 
 
 def issue_token(

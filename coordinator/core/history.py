@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from coordinator.errors import ConcordError, Status
 from coordinator.store.base import KeyNotFound, Store
 
 __all__ = [
@@ -55,16 +56,27 @@ _SIGN_ALG = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=Tru
 _VERIFY_ALG = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 
 
-class HistoryError(Exception):
-    """Base class of history failures (the store itself raises StoreError)."""
+class HistoryError(ConcordError):
+    """Base class of history failures (the store itself raises StoreError). Callers are told
+    only the class name: the store is untrusted and its content is not theirs to see."""
+
+    reason = "history_error"
+    status = Status.INTERNAL
+
+    def public_message(self) -> str:
+        return f"store error: {type(self).__name__}"
 
 
 class HashMismatch(HistoryError):
     """A blob read from the store does not hash to its address."""
 
+    reason = "history_hash_mismatch"
+
 
 class MissingBlob(HistoryError):
     """A blob the history refers to is not in the store."""
+
+    reason = "history_blob_missing"
 
     def __init__(self, key: str) -> None:
         super().__init__(f"history blob missing from the store: {key}")
@@ -74,13 +86,19 @@ class MissingBlob(HistoryError):
 class MalformedBlob(HistoryError, ValueError):
     """A transition or ``latest`` value has the wrong structure."""
 
+    reason = "history_blob_malformed"
+
 
 class SignatureRejected(HistoryError):
     """``latest`` is not signed by the expected history signing key."""
 
+    reason = "history_signature_rejected"
+
 
 class ChainError(HistoryError):
     """The transition chain loops or is longer than allowed."""
+
+    reason = "history_chain_invalid"
 
 
 def _check_hash(value: bytes, what: str) -> bytes:

@@ -33,6 +33,7 @@ from coordinator.core.challenge import check_token
 from coordinator.core.manifest import PolicyEntry
 from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, seal
 from coordinator.core.state import State
+from coordinator.errors import ConcordError, Status
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,15 +44,25 @@ LEAF_REUSE = timedelta(hours=1)
 _SHA384 = hashes.SHA384()
 
 
-class IssuanceError(Exception):
+class IssuanceError(ConcordError):
     """Base of issuance refusals that are the caller's fault."""
+
+    reason = "issuance_refused"
+    status = Status.INVALID_ARGUMENT
 
 
 class InvalidLeafKey(IssuanceError):
-    pass
+    """The leaf public key is not a usable SPKI of a supported algorithm."""
+
+    reason = "invalid_leaf_key"
 
 
 class PolicyNotInManifest(IssuanceError):
+    """The attested workload runs a policy the manifest does not list."""
+
+    reason = "policy_not_in_manifest"
+    status = Status.PERMISSION_DENIED
+
     def __init__(self, policy_hash: bytes) -> None:
         super().__init__(f"policy {policy_hash.hex()} is not in the manifest")
         self.policy_hash = policy_hash

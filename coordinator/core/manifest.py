@@ -43,7 +43,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from attestation.errors import InvalidReferenceValues
+from attestation.jsonstrict import DuplicateKey, reject_duplicates
 from attestation.reference import ReferenceValues, parse_reference_values
+from coordinator.errors import ConcordError, Status
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_POLICIES = 1000
@@ -75,8 +77,11 @@ _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 SanKind = Literal["ip", "uri", "dns"]
 
 
-class ManifestError(ValueError):
+class ManifestError(ConcordError, ValueError):
     """The manifest is malformed; ``path`` names the JSON field, ``why`` the reason."""
+
+    reason = "malformed_manifest"
+    status = Status.INVALID_ARGUMENT
 
     def __init__(self, path: str, why: str) -> None:
         super().__init__(f"{path}: {why}")
@@ -150,21 +155,6 @@ def _short(key: str) -> str:
     return repr(key[:100]) + ("…" if len(key) > 100 else "")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
 def _reject_constant(name: str) -> Any:
     raise _BadConstant(name)
 
@@ -185,8 +175,10 @@ def _load_json(data: bytes) -> Any:
     if text.startswith("\ufeff"):
         raise ManifestError("$", "byte order mark not allowed")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except _DuplicateKey as e:
+        return json.loads(
+            text, object_pairs_hook=reject_duplicates, parse_constant=_reject_constant
+        )
+    except DuplicateKey as e:
         raise ManifestError("$", f"duplicate key {_short(e.key)!r}") from None
     except _BadConstant as e:
         raise ManifestError("$", f"{e} is not allowed") from None

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_private_key,
 )
 
+from coordinator.errors import ConcordError, Status
+
 DOMAIN: Final = b"concord/v1/"
 
 PURPOSE_WORKLOAD_SECRET: Final = "workload-secret"
@@ -44,16 +46,27 @@ MAX_SEALED_SIZE: Final = ENC_SIZE + MAX_PLAINTEXT_SIZE + TAG_SIZE
 _SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-class SealingError(Exception):
+class SealingError(ConcordError):
     """A box cannot be sealed or opened. Never carries detail about the contents."""
+
+    reason = "sealed_box_unusable"
+    status = Status.INVALID_ARGUMENT
+
+    def public_message(self) -> str:
+        return "sealed box cannot be opened by this coordinator"
 
 
 class InvalidPublicKey(SealingError, ValueError):
     """The recipient key is not a usable raw X25519 public key."""
 
+    reason = "invalid_hpke_public_key"
 
-class UnknownPurpose(ValueError):
+
+class UnknownPurpose(ConcordError, ValueError):
     """The purpose is not one of :data:`PURPOSES` (a programming error)."""
+
+    reason = "unknown_sealing_purpose"
+    status = Status.INTERNAL
 
     def __init__(self, purpose: object) -> None:
         super().__init__(f"unknown sealing purpose {purpose!r}")
@@ -113,8 +126,11 @@ MAX_KEY_DER_SIZE: Final = 1024
 MAX_PAYLOAD_SIZE: Final = 4096
 
 
-class PayloadError(ValueError):
+class PayloadError(ConcordError, ValueError):
     """A recovery payload is malformed; ``field`` names the offending part, never its value."""
+
+    reason = "invalid_payload"
+    status = Status.INVALID_ARGUMENT
 
     def __init__(self, field: str, why: str) -> None:
         super().__init__(f"{field}: {why}")
@@ -125,13 +141,19 @@ class PayloadError(ValueError):
 class PayloadMalformed(PayloadError):
     """Not a canonical CBOR map of byte strings (or too large)."""
 
+    reason = "payload_malformed"
+
 
 class PayloadKeysMismatch(PayloadError):
     """Keys missing or unexpected keys present."""
 
+    reason = "payload_keys_mismatch"
+
 
 class PayloadFieldInvalid(PayloadError):
     """A field has the wrong type, length or content."""
+
+    reason = "payload_field_invalid"
 
 
 def _require_bytes(field: str, value: object, lo: int, hi: int) -> None:

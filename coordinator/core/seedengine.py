@@ -37,6 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from attestation.jsonstrict import DuplicateKey, reject_duplicates
+from coordinator.errors import ConcordError, Status
+
 SEED_SIZE = 64
 MIN_SEED_SIZE = 32
 MAX_SEED_SIZE = 64
@@ -59,8 +62,13 @@ P384_ORDER = int(
 _WORKLOAD_CACHE_LIMIT = 4096
 
 
-class SeedEngineError(ValueError):
-    """Bad seed material, secret ID or seed share. Messages never contain secret bytes."""
+class SeedEngineError(ConcordError, ValueError):
+    """Bad seed material, secret ID or seed share. Messages never contain secret bytes.
+
+    INTERNAL at the API: requests are validated before they reach the seed engine."""
+
+    reason = "invalid_seed_material"
+    status = Status.INTERNAL
 
 
 def _hkdf(secret: bytes, salt: bytes, info: str) -> bytes:
@@ -246,15 +254,6 @@ def _doc_hex(value: Any, path: str) -> bytes:
     return bytes.fromhex(value)
 
 
-def _doc_no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise SeedEngineError(f"duplicate key {key[:64]!r}")
-        out[key] = value
-    return out
-
-
 @dataclass(frozen=True)
 class SeedShareDocument:
     """Salt plus one encrypted seed share per owner: (owner PKCS#1 DER, RSA-OAEP ciphertext)."""
@@ -292,9 +291,9 @@ class SeedShareDocument:
         if len(data) > MAX_SEEDSHARE_DOCUMENT:
             raise SeedEngineError("seed-share document too large")
         try:
-            doc = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_doc_no_dup)
-        except SeedEngineError:
-            raise
+            doc = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=reject_duplicates)
+        except DuplicateKey as exc:
+            raise SeedEngineError(str(exc)) from None
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise SeedEngineError("seed-share document is not valid JSON") from None
         if not isinstance(doc, dict):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from coordinator.core.backoff import Backoff
 from coordinator.core.ca import CertificateAuthority, new_mesh_key
 from coordinator.core.history import (
     ZERO_HASH,
@@ -32,11 +32,13 @@ from coordinator.core.history import (
 )
 from coordinator.core.manifest import Manifest
 from coordinator.core.seedengine import SeedEngine
+from coordinator.errors import ConcordError, Status
 from coordinator.store.base import ConcurrentUpdate
 
 __all__ = [
+    "WATCH_BACKOFF",
     "Authorizer",
-    "Backoff",
+    "BackoffFn",
     "ConcurrentUpdate",
     "Guard",
     "InvalidPolicies",
@@ -46,7 +48,6 @@ __all__ = [
     "StaleFlag",
     "State",
     "StateError",
-    "default_backoff",
 ]
 
 log = logging.getLogger("concord.state")
@@ -57,36 +58,60 @@ Authorizer = Callable[[Manifest], Awaitable[tuple[SeedEngine, MeshKey | None]]]
 
 A ``None`` mesh key means "mint a new one" (user recovery); a peer hands over its own.
 """
-Backoff = Callable[[int], float]
-"""Seconds to wait before restart attempt ``n`` (1-based) of a failed watch."""
+BackoffFn = Callable[[int], float]
+"""Seconds to wait before restart attempt ``n`` (1-based) of a failed watch (a
+:class:`~coordinator.core.backoff.Backoff` is one)."""
+WATCH_BACKOFF = Backoff(base=0.1, cap=10.0, jitter=0.2)
+"""The watcher's default: 0.1 s doubling up to 10 s, ±20 %."""
 StaleCallback = Callable[["State | None"], object]
 
 
-class StateError(Exception):
+class StateError(ConcordError):
     """Base class of Guard refusals (the store raises StoreError, the history HistoryError)."""
+
+    reason = "state_error"
+    status = Status.INTERNAL
 
 
 class NotInitialized(StateError):
     """No manifest has been set yet (no state and no ``latest`` in the store)."""
 
+    reason = "not_initialized"
+    status = Status.FAILED_PRECONDITION
+
     def __init__(self, message: str = "not initialized") -> None:
         super().__init__(message)
+
+    def public_message(self) -> str:
+        return "not initialized"
 
 
 class Stale(StateError):
     """The State is behind the store; ``state`` is that State, or None in recovery mode."""
 
+    reason = "recovery_mode"
+    status = Status.FAILED_PRECONDITION
+
     def __init__(self, state: State | None) -> None:
         super().__init__("recovery mode" if state is None else "state is stale: recovery mode")
         self.state = state
+
+    def public_message(self) -> str:
+        return "recovery mode"
 
 
 class RecoveryRejected(StateError):
     """The seed (or mesh key) handed to :meth:`Guard.reset_state` does not fit the history."""
 
+    reason = "recovery_rejected"
+    status = Status.PERMISSION_DENIED
+
 
 class InvalidPolicies(StateError, ValueError):
     """Policies given with a manifest do not match their hashes or the manifest."""
+
+    reason = "invalid_policies"
+    status = Status.INVALID_ARGUMENT
 
 
 class StaleFlag:
@@ -147,12 +172,6 @@ class State:
         return transition_hash == self.transition.hash or transition_hash in self.ancestors
 
 
-def default_backoff(attempt: int) -> float:
-    """Exponential back-off from 0.1 s to 10 s with ±20 % jitter."""
-    base = min(10.0, 0.1 * 2.0 ** max(0, attempt - 1))
-    return base * random.uniform(0.8, 1.2)
-
-
 def _policy_blobs(
     policies: Mapping[bytes, bytes] | Sequence[bytes], manifest: Manifest
 ) -> list[bytes]:
@@ -194,7 +213,7 @@ class Guard:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-        backoff: Backoff = default_backoff,
+        backoff: BackoffFn = WATCH_BACKOFF,
         backoff_reset_after: float = 30.0,
         on_stale: StaleCallback | None = None,
     ) -> None:
@@ -478,6 +497,8 @@ class Guard:
                 except StopAsyncIteration:
                     return
                 except MalformedBlob:
+                    # Also a deleted ``latest``: the store yields DELETED (b""), which does not
+                    # decode. Either way it is not a valid latest, and the watch goes on.
                     self._observe(None)
                     continue
                 self._observe(latest.transition_hash)

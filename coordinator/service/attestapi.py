@@ -10,7 +10,8 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.core.challenge import issue_token
 from coordinator.core.limits import NONCE_SIZE
-from coordinator.service.context import Coordinator, require_size, rpc
+from coordinator.core.rules import require_size
+from coordinator.service.context import Coordinator, rpc
 
 
 class AttestationService(pb_grpc.AttestationServicer):

@@ -1,5 +1,6 @@
-"""What every servicer shares: the process context and one mapping from typed errors to gRPC
-status codes (DESIGN §7), so a refusal reads the same whichever API raised it."""
+"""What every servicer shares: the process context and the ``rpc`` decorator, which turns any
+error into its status through :mod:`coordinator.service.status` (DESIGN §7), so a refusal reads
+the same whichever API raised it."""
 
 from __future__ import annotations
 
@@ -17,42 +18,16 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from attestation.binding import BindingError
-from attestation.errors import EvidenceRejected, MalformedEvidence
-from attestation.providers.base import EvidenceProvider, ProviderError
+from attestation.errors import EvidenceRejected
+from attestation.providers.base import EvidenceProvider
 from attestation.verify import VerifiedEvidence, Verifier
-from coordinator.core.authz import SignatureError
-from coordinator.core.challenge import (
-    TokenError,
-    TokenExpired,
-    TokenMalformed,
-    TokenWrongTransition,
-)
-from coordinator.core.history import HistoryError
-from coordinator.core.issuance import BatchRunner, IssuanceError, Issuer, PolicyNotInManifest
-from coordinator.core.manifest import Manifest, ManifestError
-from coordinator.core.sealing import PayloadError, SealingError
-from coordinator.core.state import (
-    Guard,
-    InvalidPolicies,
-    NotInitialized,
-    RecoveryRejected,
-    Stale,
-    State,
-)
+from coordinator.core.issuance import BatchRunner, Issuer
+from coordinator.core.manifest import Manifest
+from coordinator.core.state import Guard, Stale, State
 from coordinator.service.metrics import Metrics
-from coordinator.store.base import ConcurrentUpdate, StoreError, StoreUnavailable
+from coordinator.service.status import rpc_status_of, wire_status
 
 log = logging.getLogger("concord.rpc")
-
-
-class Refused(Exception):
-    """An explicit refusal with its status code; the message is shown to the caller."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -118,51 +93,6 @@ class Coordinator:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Status code and caller-facing message for a typed error; never includes secrets."""
-    if isinstance(exc, Refused):
-        return exc.code, exc.message
-    if isinstance(exc, NotInitialized):
-        return grpc.StatusCode.FAILED_PRECONDITION, "not initialized"
-    if isinstance(exc, Stale):
-        return grpc.StatusCode.FAILED_PRECONDITION, "recovery mode"
-    if isinstance(exc, ConcurrentUpdate):
-        return grpc.StatusCode.FAILED_PRECONDITION, f"concurrent update: {_detail(exc)}"
-    if isinstance(exc, TokenWrongTransition):
-        return (
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "challenge token is for another transition: re-challenge",
-        )
-    if isinstance(exc, TokenExpired):
-        return grpc.StatusCode.FAILED_PRECONDITION, "challenge token expired: re-challenge"
-    if isinstance(exc, TokenMalformed):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"token: {exc}"
-    if isinstance(exc, TokenError):
-        return grpc.StatusCode.PERMISSION_DENIED, "token: not issued by this deployment"
-    if isinstance(exc, MalformedEvidence):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"evidence rejected: {exc}"
-    if isinstance(exc, EvidenceRejected):
-        return grpc.StatusCode.PERMISSION_DENIED, f"evidence rejected: {exc}"
-    if isinstance(exc, PolicyNotInManifest):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
-    if isinstance(exc, (ManifestError, InvalidPolicies, IssuanceError, BindingError, PayloadError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, (SignatureError, RecoveryRejected)):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
-    if isinstance(exc, SealingError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "sealed box cannot be opened by this coordinator"
-    if isinstance(exc, (StoreUnavailable, ProviderError)):
-        return grpc.StatusCode.UNAVAILABLE, f"unavailable: {type(exc).__name__}"
-    if isinstance(exc, (StoreError, HistoryError)):
-        return grpc.StatusCode.INTERNAL, f"store error: {type(exc).__name__}"
-    return grpc.StatusCode.INTERNAL, "internal error"
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc)
-    return text.removeprefix("concurrent update: ") or "the history moved"
-
-
 def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
     """Wrap a servicer method: time it, count rejections, and turn typed errors into statuses."""
 
@@ -180,14 +110,15 @@ def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                code, message = status_for(exc)
+                status = wire_status(exc)
+                code = status.code
                 if isinstance(exc, EvidenceRejected):
                     coord.record_rejection(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     log.error("%s failed: %s", name, type(exc).__name__, exc_info=exc)
                 else:
-                    log.info("%s refused: %s %s", name, code.name, message)
-                await context.abort(code, message)
+                    log.info("%s refused: %s %s %s", name, code.name, status.reason, status.message)
+                await context.abort_with_status(rpc_status_of(status))
             finally:
                 coord.metrics.requests.labels(name, code.name).observe(
                     time.perf_counter() - started
@@ -196,12 +127,3 @@ def rpc(coord_attr: str = "coord") -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def require_size(value: bytes, size: int, field_name: str) -> bytes:
-    if len(value) != size:
-        raise Refused(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{field_name}: must be {size} bytes, got {len(value)}",
-        )
-    return value

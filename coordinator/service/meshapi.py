@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import grpc
 from cryptography.hazmat.primitives import serialization
 
 from attestation.binding import peer_recover_report_data
@@ -14,10 +13,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.core.challenge import check_token
 from coordinator.core.issuance import IssuedCertificate, Issuer, IssueRequest
+from coordinator.core.rules import authorise_peer_recovery, require_size
 from coordinator.core.sealing import PUBLIC_KEY_SIZE, PURPOSE_PEER_RECOVER, PeerSecrets, seal
-from coordinator.service.context import Coordinator, Refused, require_size, rpc
-
-ROLE_COORDINATOR = "coordinator"
+from coordinator.service.context import Coordinator, rpc
 
 
 def _issue(job: tuple[Issuer, IssueRequest]) -> IssuedCertificate:
@@ -66,12 +64,7 @@ class MeshService(pb_grpc.MeshAPIServicer):
         verified = self.coord.verifier.verify(
             request.evidence, state.manifest.reference_values, expected, now
         )
-        entry = state.manifest.policy(verified.policy_hash)
-        if entry is None or entry.role != ROLE_COORDINATOR:
-            raise Refused(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "peer recovery: the requester's policy does not have role coordinator",
-            )
+        authorise_peer_recovery(state.manifest, verified.policy_hash)
         secrets = PeerSecrets(
             seed=state.seed_engine.seed,
             salt=state.seed_engine.salt,

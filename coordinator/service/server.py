@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -17,11 +16,14 @@ from typing import Any
 import grpc
 
 from attestation import anchors as trust
+from attestation.collateral.cache import CollateralDir
 from attestation.providers.base import EvidenceProvider
+from attestation.providers.spec import parse_tee_spec
 from attestation.verify import Verifier
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
 from coordinator.cluster.recovery import ClusterDeps, PeerRecovery
 from coordinator.core.address import split_address
+from coordinator.core.backoff import Backoff
 from coordinator.core.history import History
 from coordinator.core.issuance import BatchRunner
 from coordinator.core.limits import MAX_MESSAGE
@@ -53,6 +55,7 @@ class ServerConfig:
     mock_policy: Path | None = None
     mock_tee_type: str = "snp"
     tdx_collateral: Path | None = None
+    collateral_dir: Path | None = None  # collateral directory (concord collateral fetch)
     trust_anchors: str = "production"
     user_addr: str = "0.0.0.0:1313"
     mesh_addr: str = "0.0.0.0:7777"
@@ -74,30 +77,33 @@ def load_tdx_collateral(path: Path | None) -> dict[str, bytes] | None:
     return load_collateral_json(path).to_cbor_map()
 
 
+def collateral_source(config: ServerConfig) -> CollateralDir | None:
+    """The collateral directory: fills in a VCEK / TDX collateral evidence does not carry."""
+    if config.collateral_dir is None:
+        return None
+    return CollateralDir(config.collateral_dir)
+
+
 def build_provider(config: ServerConfig) -> EvidenceProvider:
-    if config.tee == "tsm":
+    """The evidence source ``config.tee`` names (TeeSpecError, a ValueError, if none)."""
+    spec = parse_tee_spec(config.tee)
+    if spec.mock_dir is None:
         from attestation.providers.tsm import TsmProvider
 
-        return TsmProvider(tdx_collateral=load_tdx_collateral(config.tdx_collateral))
-    if config.tee.startswith("mock:"):
-        from attestation.providers.mock import MockProvider
-
-        if config.mock_policy is None:
-            raise ValueError(
-                "--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)"
-            )
-        return MockProvider(
-            Path(config.tee[len("mock:") :]),
-            config.mock_policy.read_bytes(),
-            tee=config.mock_tee_type,
+        return TsmProvider(
+            tdx_collateral=load_tdx_collateral(config.tdx_collateral),
+            collateral=collateral_source(config),
         )
-    raise ValueError(f"--tee must be 'tsm' or 'mock:DIR', got {config.tee!r}")
+    from attestation.providers.mock import MockProvider
+
+    if config.mock_policy is None:
+        raise ValueError("--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)")
+    return MockProvider(spec.mock_dir, config.mock_policy.read_bytes(), tee=config.mock_tee_type)
 
 
-def watch_backoff(attempt: int) -> float:
-    """Restart a failed history watch within about a second (jittered): until it is back, a
-    move of ``latest`` by a peer goes unnoticed, and a restart is one cheap read."""
-    return min(1.0, 0.1 * 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
+WATCH_BACKOFF = Backoff(base=0.1, cap=1.0, jitter=0.2)
+"""Restart a failed history watch within about a second (jittered): until it is back, a move of
+``latest`` by a peer goes unnoticed, and a restart is one cheap read."""
 
 
 class CoordinatorServer:
@@ -120,13 +126,13 @@ class CoordinatorServer:
         provider = build_provider(cfg)
         self.store = await open_store(cfg.store, cfg.deployment, **cfg.etcd_options)
         history = History(self.store)
-        self.guard = Guard(history, on_stale=self._on_stale, backoff=watch_backoff)
+        self.guard = Guard(history, on_stale=self._on_stale, backoff=WATCH_BACKOFF)
         tls = TlsIdentity.generate()
         hpke_private, _ = generate_keypair()
         runner: BatchRunner[Any, Any] = BatchRunner(_issue, workers=cfg.issuer_workers)
         self.coord = Coordinator(
             guard=self.guard,
-            verifier=Verifier(anchors),
+            verifier=Verifier(anchors, collateral=collateral_source(cfg)),
             provider=provider,
             tls_spki=tls.spki_der,
             hpke_private=hpke_private,
@@ -283,6 +289,9 @@ async def serve(config: ServerConfig, *, ready_line: bool = True) -> None:
     """Run until SIGTERM/SIGINT; prints one JSON line with the bound addresses once serving."""
     import signal
 
+    from coordinator.service.hardening import harden_process
+
+    harden_process()  # before any secret exists: no core dumps, not dumpable
     server = CoordinatorServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

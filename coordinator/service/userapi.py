@@ -3,31 +3,36 @@ a coordinator that has no usable state."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from cryptography.hazmat.primitives import serialization
 
 from attestation.cache import BoundedCache
 from attestation.errors import EvidenceRejected
 from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.api.v1 import concord_pb2_grpc as pb_grpc
-from coordinator.core.authz import (
-    recover_message,
-    set_manifest_message,
-    spki_digest,
-    verify_owner,
-    verify_seedshare,
-)
-from coordinator.core.history import ZERO_HASH, MissingBlob, transition_hash
+from coordinator.core.history import MissingBlob
 from coordinator.core.limits import NONCE_SIZE
 from coordinator.core.manifest import Manifest
+from coordinator.core.rules import (
+    CoordinatorNotAdmitted,
+    PolicyDocumentMissing,
+    UpdateRequest,
+    authorise_update,
+    authorise_user_recovery,
+    check_first_manifest,
+    check_no_ready_peer,
+    check_recovery_manifest,
+    missing_policies,
+    require_admits_coordinator,
+    require_recovery_mode,
+    require_size,
+)
 from coordinator.core.sealing import PURPOSE_USER_RECOVER, UserRecoverySecret, open_sealed
 from coordinator.core.seedengine import SeedEngine, SeedShareDocument
 from coordinator.core.state import NotInitialized, Stale, State
-from coordinator.service.context import Coordinator, Refused, require_size, rpc
+from coordinator.service.context import Coordinator, rpc
 
 HASH_SIZE = 32
 
@@ -53,11 +58,7 @@ class UserService(pb_grpc.UserAPIServicer):
         manifest = Manifest.parse(request.manifest)
         state = await self._state_or_none()
         if state is None:
-            if request.previous_transition_hash not in (b"", ZERO_HASH):
-                raise Refused(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "concurrent update: there is no history yet, previous_transition_hash must be empty",
-                )
+            check_first_manifest(request.previous_transition_hash)
             await self._require_policies(manifest, request.policies)
             await self._require_admits_self(manifest)
             new = await self.coord.guard.update_state(
@@ -65,7 +66,16 @@ class UserService(pb_grpc.UserAPIServicer):
             )
             doc = SeedShareDocument.create(new.seed_engine, manifest.seedshare_owner_keys)
             return _set_response(new, doc.to_json())
-        self._authorise_update(state, manifest, request)
+        authorise_update(
+            state.manifest,
+            state.transition.hash,
+            UpdateRequest(
+                manifest=manifest,
+                previous_transition_hash=request.previous_transition_hash,
+                owner_public_key=request.owner_public_key,
+                signature=request.signature,
+            ),
+        )
         await self._require_policies(manifest, request.policies)
         new = await self.coord.guard.update_state(state, request.manifest, list(request.policies))
         return _set_response(new, b"")
@@ -73,18 +83,12 @@ class UserService(pb_grpc.UserAPIServicer):
     async def _require_policies(self, manifest: Manifest, policies: Sequence[bytes]) -> None:
         """Every policy the manifest references is sent now or already stored, so GetManifests
         can always hand a verifier the complete history (unreferenced ones are refused later)."""
-        given = {hashlib.sha256(raw).hexdigest() for raw in policies}
         history = self.coord.guard.history
-        for hex_digest in manifest.policies:
-            if hex_digest in given:
-                continue
+        for hex_digest in missing_policies(manifest, policies):
             try:
                 await history.get_policy(bytes.fromhex(hex_digest))
             except MissingBlob:
-                raise Refused(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"policies: missing the policy document of Policies.{hex_digest}",
-                ) from None
+                raise PolicyDocumentMissing(hex_digest) from None
 
     async def _require_admits_self(self, manifest: Manifest) -> None:
         """A first manifest that does not admit this very coordinator would leave a deployment
@@ -92,45 +96,10 @@ class UserService(pb_grpc.UserAPIServicer):
         try:
             verified = await self.coord.own_evidence_under(manifest)
         except EvidenceRejected as exc:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"ReferenceValues: do not admit this coordinator ({exc})",
+            raise CoordinatorNotAdmitted(
+                f"ReferenceValues: do not admit this coordinator ({exc})"
             ) from None
-        if verified.policy_hash != manifest.coordinator_policy_hash:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Policies: this coordinator runs policy {verified.policy_hash.hex()}, which is not "
-                "the manifest's coordinator policy",
-            )
-
-    @staticmethod
-    def _authorise_update(state: State, manifest: Manifest, request: pb.SetManifestRequest) -> None:
-        current = state.manifest
-        if not current.owner_key_digests:
-            raise Refused(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "manifest updates are disabled: the current manifest has no WorkloadOwnerKeyDigests",
-            )
-        if (
-            not request.owner_public_key
-            or spki_digest(request.owner_public_key) not in current.owner_key_digests
-        ):
-            raise Refused(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "owner_public_key: not a workload owner of the current manifest",
-            )
-        if request.previous_transition_hash != state.transition.hash:
-            raise Refused(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "concurrent update: previous_transition_hash is not the latest transition",
-            )
-        if set(manifest.seedshare_owner_keys_der) != set(current.seedshare_owner_keys_der):
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "SeedshareOwnerPubKeys: seed-share owners may not change",
-            )
-        new_hash = transition_hash(manifest.digest, state.transition.hash)
-        verify_owner(request.owner_public_key, request.signature, set_manifest_message(new_hash))
+        require_admits_coordinator(manifest, verified.policy_hash)
 
     @rpc()
     async def GetManifests(
@@ -170,41 +139,35 @@ class UserService(pb_grpc.UserAPIServicer):
     @rpc()
     async def Recover(self, request: pb.UserRecoverRequest, context: Any) -> pb.UserRecoverResponse:
         nonce = require_size(request.nonce, NONCE_SIZE, "nonce")
+        old: State | None = None
         try:
             await self.coord.guard.get_state()
         except Stale as stale:
-            old = stale.state
+            old, is_stale = stale.state, True
         else:
-            raise Refused(
-                grpc.StatusCode.FAILED_PRECONDITION, "not in recovery mode: the state is fresh"
-            )
+            is_stale = False
+        require_recovery_mode(is_stale)
         latest = await self.coord.guard.history.get_latest()
         if latest is None:
             raise NotInitialized()
         _, manifest = await self.coord.guard.latest_manifest(latest)
-        owner = request.seedshare_owner_public_key
-        if not manifest.is_seedshare_owner(owner):
-            raise Refused(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "seedshare_owner_public_key: not a seed-share owner of the latest manifest",
-            )
-        verify_seedshare(owner, request.signature, recover_message(nonce, request.sealed_secret))
+        authorise_user_recovery(
+            manifest,
+            request.seedshare_owner_public_key,
+            request.signature,
+            nonce,
+            request.sealed_secret,
+        )
         peers = self.coord.ready_peer_exists
-        if not request.force and peers is not None and await peers():
-            raise Refused(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "a ready peer coordinator exists: it will recover this one; use force to override",
-            )
+        if not request.force and peers is not None:
+            check_no_ready_peer(request.force, await peers())
         secret = UserRecoverySecret.decode(
             open_sealed(self.coord.hpke_private, PURPOSE_USER_RECOVER, request.sealed_secret)
         )
         engine = SeedEngine(secret.seed, secret.salt)
 
         async def authorize(m: Manifest) -> tuple[SeedEngine, None]:
-            if m.digest != manifest.digest:
-                raise Refused(
-                    grpc.StatusCode.FAILED_PRECONDITION, "concurrent update: the history moved"
-                )
+            check_recovery_manifest(manifest.digest, m.digest)
             return engine, None
 
         await self.coord.guard.reset_state(old, authorize)

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from coordinator.store.base import Store, StoreError
+from coordinator.store.base import Store
+from coordinator.store.spec import StoreKind, StoreSpec, StoreSpecError, parse_store_spec
+
+__all__ = ["StoreSpec", "StoreSpecError", "open_store", "parse_store_spec"]
 
 
-class StoreSpecError(StoreError, ValueError):
-    pass
+async def open_store(
+    spec: str | StoreSpec, deployment: str = "default", **etcd_options: object
+) -> Store:
+    """``file:DIR`` (embedded default) or ``etcd://HOST:PORT[,HOST:PORT]``.
 
-
-async def open_store(spec: str, deployment: str = "default", **etcd_options: object) -> Store:
-    """``file:DIR`` (embedded default), ``memory:`` (tests) or ``etcd://HOST:PORT[,HOST:PORT]``."""
-    if spec.startswith("file:") and len(spec) > len("file:"):
+    Concrete stores are imported here, on demand: ``join`` and the tools never load etcd.
+    """
+    parsed = parse_store_spec(spec) if isinstance(spec, str) else spec
+    if parsed.kind is StoreKind.FILE:
         from coordinator.store.file import FileStore
 
-        return FileStore.open(spec[len("file:") :])
-    if spec == "memory:":
-        from coordinator.store.memory import MemoryStore
+        if etcd_options:
+            raise StoreSpecError(f"--store {parsed}: etcd options given for a file store")
+        assert parsed.directory is not None
+        return FileStore.open(parsed.directory)
+    from coordinator.store.etcd import EtcdStore
 
-        return MemoryStore()
-    if spec.startswith("etcd://") and len(spec) > len("etcd://"):
-        from coordinator.store.etcd import EtcdStore
-
-        endpoints = [e for e in spec[len("etcd://") :].split(",") if e]
-        return await EtcdStore.connect(endpoints, deployment, **etcd_options)  # type: ignore[arg-type]
-    raise StoreSpecError(
-        f"--store must be file:DIR, memory: or etcd://HOST:PORT[,...], got {spec!r}"
+    return await EtcdStore.connect(
+        list(parsed.endpoints),
+        deployment,
+        **etcd_options,  # type: ignore[arg-type]
     )

@@ -38,6 +38,7 @@ import grpc
 from etcd3 import etcdrpc
 
 from coordinator.store.base import (
+    DELETED,
     ConcurrentUpdate,
     KeyNotFound,
     StoreAccessDenied,
@@ -87,13 +88,15 @@ _ETCD_ERRORS: tuple[type[BaseException], ...] = (etcd3.exceptions.Etcd3Exception
 class StoreConfigError(StoreError, ValueError):
     """The store was configured wrongly (names the parameter and why)."""
 
+    reason = "invalid_store_config"
+
 
 class InvalidDeployment(StoreConfigError):
-    pass
+    reason = "invalid_deployment"
 
 
 class InvalidEndpoint(StoreConfigError):
-    pass
+    reason = "invalid_store_endpoint"
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode | None, str] | None:
@@ -651,7 +654,11 @@ class EtcdStore:
             raise ConcurrentUpdate(f"compare-and-swap of {key} lost: the value changed")
 
     def watch(self, key: str) -> AsyncIterator[bytes]:
-        """New values of ``key``. The stream itself opens on first iteration, but it starts
+        """New values of ``key``, and DELETED when it is deleted (etcd reports deletions; after
+        a compaction the current value is compared with the last one seen, so a key that went
+        away meanwhile is reported too; one gap is etcd's: a delete compacted at exactly its own
+        revision while the stream was down leaves neither event nor compaction error, so it goes
+        unreported until the next value). The stream itself opens on first iteration, but it starts
         right after the newest revision this store had seen when ``watch()`` was called, so it
         covers every write from then on (an older value may be replayed; consumers of ``latest``
         are idempotent)."""
@@ -674,14 +681,15 @@ class EtcdStore:
                     response = await self._call(lambda c: c.get_response(full))
                     current = bytes(response.kvs[0].value) if response.kvs else None
                     await watch.reset(response.header.revision + 1)
-                    changed = current is not None and current != last
+                    changed = current != last
                     last = current
-                    if changed and current is not None:
-                        yield current
+                    if changed:
+                        yield DELETED if current is None else current
                     continue
                 for event in events:
                     if event.type == _DELETE:
                         last = None
+                        yield DELETED
                         continue
                     last = bytes(event.kv.value)
                     yield last

@@ -16,6 +16,10 @@ Threading: writes (two fsyncs each) run in a worker thread via :func:`asyncio.to
 transition, a ~100-byte ``latest``, manifests of a few KiB), normally served from the page cache,
 and the history layer caches immutable blobs, so a thread hop would cost more than the read.
 
+Deletions: the store itself never deletes, but whoever can write the directory can (DESIGN §12).
+A watch checks every ``poll_interval`` seconds, while its consumer waits, whether the key file
+it last saw has gone, and then yields :data:`~coordinator.store.base.DELETED`.
+
 Filesystem: use a local filesystem (flock over NFS is not a reliable mutual exclusion).
 """
 
@@ -36,6 +40,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from coordinator.store.base import (
+    DELETED,
     KEY_RE,
     ConcurrentUpdate,
     InvalidKey,
@@ -45,12 +50,21 @@ from coordinator.store.base import (
     check_key,
 )
 
-__all__ = ["DIR_MODE", "FILE_MODE", "LOCK_NAME", "TEMP_PREFIX", "FileStore"]
+__all__ = [
+    "DEFAULT_POLL_INTERVAL",
+    "DIR_MODE",
+    "FILE_MODE",
+    "LOCK_NAME",
+    "TEMP_PREFIX",
+    "FileStore",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_NAME = ".lock"
 TEMP_PREFIX = ".tmp-"
+DEFAULT_POLL_INTERVAL = 1.0
+"""Seconds between a waiting watch's checks for a deleted key file (one lstat each)."""
 
 _T = TypeVar("_T")
 
@@ -94,20 +108,32 @@ def _read_holder(fd: int) -> str:
     return raw if raw.isdigit() else ""
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not followed if a symlink); errors count as absent."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class _Watch:
-    """Async iterator over values of one key written after it was created.
+    """Async iterator over values of one key written after it was created, and DELETED when
+    the key file disappears.
 
     Registered eagerly (at :meth:`FileStore.watch` call time, not on the first ``__anext__``),
     so ``w = store.watch(k); await store.set(k, v)`` always delivers ``v``. The store keeps only
     a weak reference: an abandoned watch is garbage-collected instead of queueing forever.
     """
 
-    def __init__(self, store: FileStore, key: str) -> None:
+    def __init__(self, store: FileStore, key: str, path: Path) -> None:
         self._store = store
         self._key = key
+        self._path = path
         # ``None`` marks the end (store closed or watch closed); values are always bytes.
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._done = False
+        # Whether the key file existed at the last look: a deletion is a present -> absent step.
+        self._present = _is_file(path)
 
     def _push(self, value: bytes | None) -> None:
         if not self._done:
@@ -117,14 +143,22 @@ class _Watch:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        value = await self._queue.get()
-        if value is None:
-            self._done = True
-            self._store._unwatch(self._key, self)
-            raise StopAsyncIteration
-        return value
+        while not self._done:
+            try:
+                async with asyncio.timeout(self._store.poll_interval):
+                    value = await self._queue.get()
+            except TimeoutError:
+                present, self._present = self._present, _is_file(self._path)
+                if present and not self._present:
+                    return DELETED
+                continue
+            if value is None:
+                self._done = True
+                self._store._unwatch(self._key, self)
+                break
+            self._present = True
+            return value
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         """Stop watching; later ``__anext__`` calls end the iteration."""
@@ -136,8 +170,11 @@ class _Watch:
 class FileStore:
     """:class:`~coordinator.store.base.Store` on a local directory. Build it with :meth:`open`."""
 
-    def __init__(self, root: Path, lock_fd: int) -> None:
+    def __init__(
+        self, root: Path, lock_fd: int, poll_interval: float = DEFAULT_POLL_INTERVAL
+    ) -> None:
         """Internal: use :meth:`FileStore.open`, which takes the directory lock."""
+        self.poll_interval = poll_interval
         self._root = root
         self._lock_fd: int | None = lock_fd
         self._closed = False
@@ -153,14 +190,21 @@ class FileStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str]) -> FileStore:
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> FileStore:
         """Open (creating with mode 0700 if missing) and lock ``directory``.
 
         Synchronous: it is called once at start-up and does only a few quick syscalls. An
         existing directory keeps its mode. Raises :class:`StoreLocked` when another live
         FileStore (this process or another) holds the directory, :class:`StoreUnavailable` when
-        it cannot be created or opened.
+        it cannot be created or opened. ``poll_interval``: see :data:`DEFAULT_POLL_INTERVAL`.
         """
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval {poll_interval!r}: want a positive number of seconds")
         root = Path(os.path.abspath(os.fspath(directory)))
         try:
             root.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +241,7 @@ class FileStore:
         except OSError as exc:
             os.close(lock_fd)  # also drops the flock
             raise StoreUnavailable(f"cannot prepare file store {root}: {exc.strerror}") from exc
-        return cls(root, lock_fd)
+        return cls(root, lock_fd, poll_interval)
 
     @staticmethod
     def _remove_temp_files(root: Path) -> None:
@@ -411,13 +455,14 @@ class FileStore:
         await self._run_write(work)
 
     def watch(self, key: str) -> AsyncIterator[bytes]:
-        """Values of ``key`` written after this call, in write order (not the current value).
+        """Values of ``key`` written after this call, in write order (not the current value),
+        and DELETED when someone removes the key file (noticed within ``poll_interval``).
 
         Ends when the store closes. Raises :class:`InvalidKey` at once for a bad key and
         :class:`StoreUnavailable` if the store is closed.
         """
         _check_key(key)
         self._check_open()
-        w = _Watch(self, key)
+        w = _Watch(self, key, self._path(key))
         self._watchers.setdefault(key, weakref.WeakSet()).add(w)
         return w

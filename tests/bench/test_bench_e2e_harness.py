@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.bench_main import _cpu_list, ceilings, summarise
+from tools.bench.bench_main import _cpu_list, ceilings, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_short_real_run(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tests.bench.bench_main",
+            "tools.bench.bench_main",
             "issuance",
             "--json",
             str(out),

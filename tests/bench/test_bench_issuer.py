@@ -32,7 +32,7 @@ from coordinator.core.issuance import (
 )
 from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
 from coordinator.core.state import State
-from tests.bench.harness import (
+from tools.bench.harness import (
     WORKLOAD_SANS,
     WORKLOAD_SECRET_ID,
     BenchDeployment,

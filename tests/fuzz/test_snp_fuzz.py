@@ -1,9 +1,9 @@
 """Fuzzing the SEV-SNP parsers: only typed rejections (EvidenceRejected) may ever escape.
 
-Per parser about 20,000+ examples in total: the report parser on arbitrary bytes, on arbitrary
-1184-byte inputs with a plausible header, and on mutations of the real reports; the AMD
-extension decoder on arbitrary values, on mutations of the real extension values, and on
-mutated real VCEK/VLEK DER.
+The report parser on arbitrary bytes, on arbitrary 1184-byte inputs with a plausible header,
+and on mutations of the real reports; the AMD extension decoder on arbitrary values, on
+mutations of the real extension values, and on mutated real VCEK/VLEK DER. The number of
+examples comes from the active hypothesis profile (tests/conftest.py; ``hack/fuzz`` soaks).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from attestation.errors import EvidenceRejected
 from attestation.snp import certs as c
 from attestation.snp.report import REPORT_SIZE, parse_report
 
-FAST = settings(
+FUZZ = settings(
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -64,16 +64,16 @@ def _parse(data: bytes) -> None:
         pass
 
 
-# --- report parser: 6,000 + 6,000 + 10,000 examples ------------------------------------------
+# --- report parser --------------------------------------------------------------------------
 
 
-@settings(FAST, max_examples=6000)
+@settings(FUZZ)
 @given(st.binary(max_size=REPORT_SIZE + 64))
 def test_report_arbitrary_bytes(data: bytes) -> None:
     _parse(data)
 
 
-@settings(FAST, max_examples=6000)
+@settings(FUZZ)
 @given(
     version=st.integers(min_value=0, max_value=7),
     body=st.binary(min_size=REPORT_SIZE - 12, max_size=REPORT_SIZE - 12),
@@ -91,7 +91,7 @@ def test_report_arbitrary_with_header(version: int, body: bytes, policy: int) ->
 _MUTATION = st.tuples(st.integers(min_value=0, max_value=REPORT_SIZE - 1), st.integers(0, 255))
 
 
-@settings(FAST, max_examples=10000)
+@settings(FUZZ)
 @given(
     index=st.integers(min_value=0, max_value=2),
     mutations=st.lists(_MUTATION, min_size=1, max_size=6),
@@ -116,7 +116,7 @@ def test_report_mutations_of_real(
     _parse(data)
 
 
-# --- extension decoder: 8,000 + 8,000 + 5,000 examples ---------------------------------------
+# --- extension decoder ----------------------------------------------------------------------
 
 
 def _decode(values: dict[str, bytes], kind: str) -> None:
@@ -126,7 +126,7 @@ def _decode(values: dict[str, bytes], kind: str) -> None:
         pass
 
 
-@settings(FAST, max_examples=8000)
+@settings(FUZZ)
 @given(
     values=st.dictionaries(st.sampled_from(_OIDS), st.binary(max_size=80), max_size=len(_OIDS)),
     kind=st.sampled_from(["vcek", "vlek", "ask"]),
@@ -135,7 +135,7 @@ def test_extensions_arbitrary(values: dict[str, bytes], kind: str) -> None:
     _decode(values, kind)
 
 
-@settings(FAST, max_examples=8000)
+@settings(FUZZ)
 @given(
     index=st.integers(min_value=0, max_value=3),
     oid=st.sampled_from(_OIDS),
@@ -165,7 +165,7 @@ def test_extensions_mutations_of_real(
     _decode(values, kind)
 
 
-@settings(FAST, max_examples=5000)
+@settings(FUZZ)
 @given(
     index=st.integers(min_value=0, max_value=3),
     mutations=st.lists(

@@ -4,7 +4,8 @@ Property: on arbitrary or mutated input they return or raise an
 :class:`attestation.errors.EvidenceRejected` subclass, nothing else (no IndexError, struct.error,
 ValueError, UnicodeError, RecursionError...). Seeds are the real vectors and mock quotes;
 mutations are byte flips, overwrites of the length/type fields, truncations and splices.
-About 24,000 examples per parser in total.
+The number of examples comes from the active hypothesis profile (tests/conftest.py;
+``hack/fuzz`` soaks).
 """
 
 from __future__ import annotations
@@ -20,18 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation.errors import EvidenceRejected
-from attestation.tdx.mock import create_mock_intel
+from attestation.mock.tdx import create_mock_intel
 from attestation.tdx.pck import SGX_EXTENSION_OID, decode_sgx_extensions
 from attestation.tdx.quote import parse_quote
 
 NAMES = ("spr-v4", "sample-v5", "debug-v4", "uptodate-v4", "outdated-v5")
 
 
-def fast(examples: int) -> settings:
-    """Explicit example count, no deadline, no example database written into the checkout."""
-    return settings(
-        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
+# No deadline, no example database written into the checkout; the count is the profile's.
+FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 # Offsets of the length / type fields of a v4 quote that steer the parser (v5 shifts by 6).
@@ -129,22 +127,22 @@ EDGE_VALUES = [
 ]
 
 
-# --- quote parser: 4,000 + 12,000 + 8,000 = 24,000 examples -------------------------------------
+# --- quote parser ---------------------------------------------------------------------------------
 
 
-@fast(4_000)
+@settings(FUZZ)
 @given(st.binary(max_size=1_500))
 def test_quote_parser_arbitrary_bytes(data: bytes) -> None:
     _parse_ok(data)
 
 
-@fast(12_000)
+@settings(FUZZ)
 @given(st.integers(0, len(NAMES) + 1), SEEDS)
 def test_quote_parser_mutated(seeds: list[bytes], index: int, rng_seed: int) -> None:
     _parse_ok(_mutate(seeds[index], rng_seed))
 
 
-@fast(8_000)
+@settings(FUZZ)
 @given(st.integers(0, len(NAMES) + 1), SEEDS)
 def test_quote_parser_length_fields(seeds: list[bytes], index: int, rng_seed: int) -> None:
     """Overwrite the fields that steer parsing (version, types, lengths) with edge values."""
@@ -163,16 +161,16 @@ def test_quote_parser_length_fields(seeds: list[bytes], index: int, rng_seed: in
     _parse_ok(bytes(buf))
 
 
-# --- SGX extension decoder: 6,000 + 14,000 + 4,000 = 24,000 examples -----------------------------
+# --- SGX extension decoder ------------------------------------------------------------------------
 
 
-@fast(6_000)
+@settings(FUZZ)
 @given(st.binary(max_size=600))
 def test_extension_decoder_arbitrary_bytes(data: bytes) -> None:
     _decode_ok(data)
 
 
-@fast(14_000)
+@settings(FUZZ)
 @given(st.integers(0, len(NAMES) + 1), SEEDS)
 def test_extension_decoder_mutated(ext_seeds: list[bytes], index: int, rng_seed: int) -> None:
     # Mostly in-place edits: inserting or deleting bytes mostly breaks only the outer length.
@@ -201,7 +199,7 @@ def _random_der(rng: random.Random, depth: int = 0) -> bytes:
     return bytes([tag]) + length + body
 
 
-@fast(4_000)
+@settings(FUZZ)
 @given(SEEDS)
 def test_extension_decoder_random_der_trees(rng_seed: int) -> None:
     _decode_ok(_random_der(random.Random(rng_seed)))

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from coordinator.store.etcd import EtcdStore
-from tests.etcd_server import EtcdServer, find_etcd
 from tests.integration.cluster_helpers import Cluster, running_cluster
+from tools.etcd_server import EtcdServer, find_etcd
 
 if TYPE_CHECKING:
     from tests.integration.service_helpers import MockTee

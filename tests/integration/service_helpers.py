@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import json
 import os
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from attestation.providers import mock as mock_tee_mod
 from attestation.providers.mock import MockProvider
 from attestation.reference import ReferenceValues, parse_reference_values
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client.channel import AttestedChannel, CoordinatorPolicy
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicy, fetch_certificate
 from coordinator.core.authz import (
     public_spki,
     recover_message,
@@ -231,20 +230,7 @@ async def coordinators_fixture(mock_tee: MockTee, tmp_path: Path) -> AsyncIterat
 
 async def server_certificate(address: str) -> bytes:
     """The DER certificate a coordinator presents (unverified: attestation decides)."""
-    host, _, port = address.rpartition(":")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["h2"])
-    _, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=SERVER_NAME), 10
-    )
-    try:
-        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        assert der, "coordinator presented no certificate"
-        return bytes(der)
-    finally:
-        writer.transport.abort()  # no graceful TLS close: see coordinator.client
+    return await fetch_certificate(address)
 
 
 async def connect(
@@ -295,9 +281,10 @@ async def expect_status(
 async def set_first_manifest(
     chan: AttestedChannel, manifest: bytes, policies: Sequence[bytes]
 ) -> pb.SetManifestResponse:
-    return await chan.user.SetManifest(
+    resp: pb.SetManifestResponse = await chan.user.SetManifest(
         pb.SetManifestRequest(manifest=manifest, policies=list(policies)), timeout=20
     )
+    return resp
 
 
 def update_request(

@@ -1,5 +1,5 @@
 """Several coordinator processes on one etcd (DESIGN §8): a manifest set through one reaches the
-others by peer recovery within a second, with byte-identical CAs; workloads join through any of
+others by peer recovery (how fast is measured by tests/bench), with byte-identical CAs; workloads join through any of
 them; updates through another coordinator move everyone to the new mesh CA; concurrent updates
 keep the history one linear chain."""
 
@@ -17,6 +17,7 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.core.history import ZERO_HASH
 from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, open_sealed
 from tests.integration.cluster_helpers import (
+    LIVENESS_S,
     Cluster,
     CoordinatorProcess,
     attested,
@@ -45,7 +46,6 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
-CONVERGENCE_BOUND = 1.0
 POLICIES = [COORDINATOR_POLICY, WEB_POLICY, DB_POLICY]
 
 
@@ -74,8 +74,9 @@ async def test_manifest_set_on_one_reaches_all_and_workloads_join_anywhere(
     await chan.close()
 
     while [await readyz(n) for n in nodes] != [200, 200, 200]:
-        assert time.perf_counter() - acked < CONVERGENCE_BOUND, "peers not ready within 1 s"
+        assert time.perf_counter() - acked < LIVENESS_S, f"peers not ready within {LIVENESS_S}s"
         await asyncio.sleep(0.01)
+    print(f"peers ready {(time.perf_counter() - acked) * 1000:.0f} ms after the first manifest")
 
     # Byte-identical root and mesh CA everywhere (the mesh key came over peer recovery).
     for att in await attest_all(nodes, mock_tee):
@@ -120,7 +121,7 @@ async def test_update_through_another_coordinator_moves_all_to_the_new_mesh_ca(
     policy = mock_tee.coordinator_policy()
     chans = [await attested(n.user, policy) for n in nodes]
     first = await set_first_manifest(chans[0], manifest_v(mock_tee, keys, "0"), POLICIES)
-    await wait_status(nodes, ready=True, generation=1, timeout=CONVERGENCE_BOUND)
+    await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)
     previous, mesh_cas = first.transition_hash, {first.mesh_ca_pem}
     took: list[float] = []
     made = [1, 0, 0]
@@ -131,7 +132,7 @@ async def test_update_through_another_coordinator_moves_all_to_the_new_mesh_ca(
             update_request(manifest, [WEB_POLICY], previous, keys.owner), timeout=10
         )
         made[via] += 1
-        times = await wait_status(nodes, ready=True, generation=i + 1, timeout=CONVERGENCE_BOUND)
+        times = await wait_status(nodes, ready=True, generation=i + 1, timeout=LIVENESS_S)
         took.append(max(times.values()))
         for att in await attest_all(nodes, mock_tee):
             assert att.latest_transition_hash == resp.transition_hash
@@ -159,7 +160,7 @@ async def test_concurrent_updates_keep_one_linear_history(
     chans = [await attested(n.user, policy) for n in nodes]
     first_manifest = manifest_v(mock_tee, keys, "first")
     first = await set_first_manifest(chans[0], first_manifest, POLICIES)
-    await wait_status(nodes, ready=True, generation=1, timeout=5)
+    await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)
     expected, previous = [first_manifest], first.transition_hash
     converge: list[float] = []
     for round_ in range(20):
@@ -180,7 +181,7 @@ async def test_concurrent_updates_keep_one_linear_history(
         win = results[winners[0]]
         expected.append(manifests[winners[0]])
         previous = win.transition_hash
-        times = await wait_status(nodes, ready=True, generation=round_ + 2, timeout=10)
+        times = await wait_status(nodes, ready=True, generation=round_ + 2, timeout=LIVENESS_S)
         converge.append(max(times.values()))
 
     histories = [await c.user.GetManifests(pb.GetManifestsRequest(), timeout=10) for c in chans]

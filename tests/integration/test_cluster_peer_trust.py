@@ -25,8 +25,8 @@ from coordinator.cluster.recovery import Member, PeerRecovery, PeerRecoveryFaile
 from coordinator.core.state import NotInitialized, RecoveryRejected
 from coordinator.service.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
-from tests.etcd_server import EtcdServer, free_port
 from tests.integration.cluster_helpers import (
+    LIVENESS_S,
     Cluster,
     attested,
     attested_state,
@@ -50,6 +50,7 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     set_first_manifest,
     user_recover_request,
 )
+from tools.etcd_server import EtcdServer, free_port
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(90)]
 
@@ -275,7 +276,7 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
 
     # The crashed coordinator comes back and recovers from x, unattended.
     await asyncio.to_thread(nodes[0].start)
-    await wait_status(nodes, ready=True, generation=1, timeout=10)
+    await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)
     assert await attested_state(nodes[0].mesh, mock_tee) == await attested_state(
         x.addresses["mesh"], mock_tee
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,7 @@ from coordinator.cluster.recovery import ORPHAN_GRACE, PeerRecovery
 from coordinator.core.history import History, SignedLatest, Transition
 from coordinator.service.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
-from tests.etcd_server import EtcdServer
-from tests.integration.cluster_helpers import attested, manifest_v
+from tests.integration.cluster_helpers import LIVENESS_S, attested, manifest_v
 from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     COORDINATOR_POLICY,
     DB_POLICY,
@@ -28,6 +27,7 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     mock_tee_fixture,
     set_first_manifest,
 )
+from tools.etcd_server import EtcdServer
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(90)]
 
@@ -69,9 +69,10 @@ def recovery(server: CoordinatorServer) -> PeerRecovery:
     return server._recovery
 
 
-async def until(check: object, timeout: float) -> float:
+async def until(check: Callable[[], bool], timeout: float) -> float:
+    """Poll ``check``; ``timeout`` is a liveness deadline. Returns the seconds it took."""
     started = time.monotonic()
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() - started < timeout, "condition not reached in time"
         await asyncio.sleep(0.02)
     return time.monotonic() - started
@@ -109,14 +110,14 @@ async def test_orphaned_transition_is_rekeyed_once_no_member_is_ready(
         await store.put_member(
             "maker", b'{"mesh_addr": "127.0.0.1:9", "ready": true, "transition": ""}', 30
         )
-        await until(lambda: not a.is_ready() and not b.is_ready(), 5)
+        await until(lambda: not a.is_ready() and not b.is_ready(), LIVENESS_S)
         await asyncio.sleep(ORPHAN_GRACE + 1.5)
         assert not a.is_ready() and not b.is_ready()
         assert recovery(a).rekeys == recovery(b).rekeys == 0
 
         # The maker's membership is gone: one seed holder re-keys, the other recovers from it.
         await store.stop_member("maker")
-        took = await until(lambda: a.is_ready() and b.is_ready(), ORPHAN_GRACE + 10)
+        took = await until(lambda: a.is_ready() and b.is_ready(), ORPHAN_GRACE + LIVENESS_S)
     finally:
         await store.close()
     assert recovery(a).rekeys + recovery(b).rekeys == 1

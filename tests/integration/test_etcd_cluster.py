@@ -13,8 +13,8 @@ import pytest
 
 from coordinator.store.base import ConcurrentUpdate, StoreUnavailable
 from coordinator.store.etcd import EtcdStore
-from tests.etcd_server import EtcdCluster, find_etcd
 from tests.integration.cluster_helpers import (
+    LIVENESS_S,
     attested,
     attested_state,
     manifest_v,
@@ -33,6 +33,7 @@ from tests.integration.service_helpers import (  # noqa: F401  (fixtures)
     set_first_manifest,
     update_request,
 )
+from tools.etcd_server import EtcdCluster, find_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120)]
 
@@ -123,7 +124,7 @@ async def test_coordinators_converge_across_a_dead_member(
         chan = await attested(nodes[0].user, mock_tee.coordinator_policy())
         try:
             first = await set_first_manifest(chan, manifest_v(mock_tee, keys, "1"), POLICIES)
-            await wait_status(nodes, ready=True, generation=1, timeout=5)
+            await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)
 
             etcd_cluster.members[0].kill()  # the first endpoint: where both started
 
@@ -133,7 +134,7 @@ async def test_coordinators_converge_across_a_dead_member(
             resp = await chan.user.SetManifest(update, timeout=20)
         finally:
             await chan.close()
-        await wait_status(nodes, ready=True, generation=2, timeout=15)
+        await wait_status(nodes, ready=True, generation=2, timeout=LIVENESS_S)
         for node in nodes:
             latest, root, mesh = await attested_state(node.mesh, mock_tee)
             assert (latest, root, mesh) == (

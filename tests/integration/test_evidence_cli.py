@@ -178,13 +178,19 @@ def test_milan_v2_debug_rejected_by_reference(
         capsys, "evidence", "verify", report, "--vcek", vcek, "--reference-values", refs, "--json"
     )
     assert res.code == 1
-    assert res.json() == {
+    out = res.json()
+    assert out == {
         "tee": "snp",
         "verified": False,
         "reason": "debug",
-        "detail": res.json()["detail"],
+        "detail": out["detail"],
+        # authentic evidence refused only by the reference: both verdicts, separately
+        "authenticity": "verified",
+        "reference_match": "rejected",
+        "verdict": out["verdict"],
     }
-    assert "DEBUG" in res.json()["detail"]
+    assert "DEBUG" in out["detail"]
+    assert out["verdict"]["product"] == "Milan" and out["verdict"]["debug"] is True
 
 
 def test_milan_v2_debug_allowed(
@@ -394,7 +400,8 @@ def test_malformed_evidence_is_a_rejection(
     cut = tmp_path / "cut.bin"
     cut.write_bytes(tdx(vectors, "spr-v4").read_bytes()[:700])
     res = run(capsys, "evidence", "verify", cut, "--json")
-    assert res.code == 1 and res.json()["reason"] == "malformed"
+    assert res.code == 1 and res.json()["reason"] == "raw_size"  # names the 700 bytes found
+    assert "700 bytes found" in res.json()["detail"]
     flipped = bytearray(tdx(vectors, "spr-v4").read_bytes())
     flipped[200] ^= 1  # inside the signed body
     bad = tmp_path / "flipped.bin"
@@ -413,8 +420,9 @@ def test_inspect_snp(capsys: pytest.CaptureFixture[str], vectors: Path) -> None:
     parsed = parse_report(report.read_bytes())
     assert out["format"] == "raw snp" and out["tee"] == "snp"
     assert out["version"] == 2 and out["product"] is None
-    assert out["policy"] == 0xB0000 and out["debug"] is True
+    assert out["policy"] == "0xb0000" and out["debug"] is True
     assert "Debug" in out["policy_flags"]
+    assert out["platform_info"] == "0x1" and out["platform_flags"] == ["SMTEnabled"]
     assert out["measurement"] == parsed.measurement.hex()
     assert out["report_data"] == parsed.report_data.hex()
     assert out["chip_id"] == parsed.chip_id.hex()
@@ -427,6 +435,10 @@ def test_inspect_snp_v3(capsys: pytest.CaptureFixture[str], vectors: Path) -> No
     assert res.code == 0
     assert res.json()["product"] == "Milan" and res.json()["signer"] == "vlek"
     assert res.json()["cpuid"]["family"] == 0x19
+    # platform_info in hex (0x27: SMT, TSME, ECC, AliasCheckComplete), text output too
+    assert res.json()["platform_info"] == "0x27"
+    text = run(capsys, "evidence", "inspect", snp(vectors, "vlek-v3")[0])
+    assert "platform_info: 0x27" in text.out.splitlines()
 
 
 @pytest.mark.parametrize("name", ["spr-v4", "sample-v5"])
@@ -467,7 +479,7 @@ def test_inspect_envelope(
 def test_inspect_malformed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_bytes(b"\xa1\x61v")  # truncated CBOR map
-    assert_rejected(run(capsys, "evidence", "inspect", junk), "malformed")
+    assert_rejected(run(capsys, "evidence", "inspect", junk), "cbor_truncated")
 
 
 # --- usage errors ----------------------------------------------------------------------------
@@ -683,3 +695,61 @@ def test_concord_subprocess_mock_round_trip(tmp_path: Path) -> None:
     assert res.code == 0, res
     assert res.json()["product"] == "Genoa" and res.json()["host_data"] == "11" * 32
     assert_rejected(concord("evidence", "verify", out), "certificate_signature")
+
+
+# --- evidence seen in the wild ------------------------------------------------------------------
+
+
+def test_verify_without_references_reports_authenticity_only(
+    capsys: pytest.CaptureFixture[str], vectors: Path
+) -> None:
+    """No --reference-values: no reference the user never gave is listed or judged."""
+    report, vcek = snp(vectors, "milan-v2")
+    for tee in ([], ["--tee", "snp"]):
+        res = run(
+            capsys,
+            *("evidence", "verify", report, "--vcek", vcek, "--at", "2024-06-01", *tee),
+        )
+        assert res.code == 0, res
+        assert "authenticity: verified" in res.out
+        assert "reference_match: not checked" in res.out
+        assert "Genoa" not in res.out and "no_matching_reference" not in res.out
+
+
+def test_authentic_but_refused_reports_both_verdicts(
+    capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path
+) -> None:
+    report, vcek = snp(vectors, "milan-v2")
+    refs = write_json(
+        tmp_path / "rv.json",
+        {"snp": [{"ProductName": "Milan", "TrustedMeasurement": "00" * 48}]},
+    )
+    res = run(
+        capsys,
+        *("evidence", "verify", report, "--vcek", vcek, "--at", "2024-06-01"),
+        *("--reference-values", refs),
+    )
+    assert_rejected(res, "measurement")
+    assert "authentic; refused by the reference values" in res.out
+    # a broken chain is not "authentic"
+    res = run(
+        capsys,
+        *("evidence", "verify", report, "--vcek", vectors / "snp" / "tampered-new.vcek.der"),
+        *("--at", "2024-06-01", "--reference-values", refs),
+    )
+    assert res.code == 1 and "authentic;" not in res.out
+
+
+def test_report_with_a_vcek_of_another_product(
+    capsys: pytest.CaptureFixture[str], vectors: Path
+) -> None:
+    """A Milan/Genoa report paired with the real Turin VCEK: say so, not 'MBZ violation'."""
+    report, _ = snp(vectors, "milan-v2")
+    res = run(
+        capsys,
+        *("evidence", "verify", report, "--vcek", vectors / "snp" / "turin.vcek.der"),
+        *("--at", "2025-06-01"),
+    )
+    assert_rejected(res, "certificate_product")
+    assert "Turin" in res.out and "another product" in res.out
+    assert "mbz" not in res.out.lower()

@@ -1,4 +1,6 @@
-"""EtcdStore against a real etcd: semantics, watch recovery, outages, membership leases."""
+"""EtcdStore against a real etcd: configuration, prefixes, multi-client races, watch recovery,
+outages, lease re-registration. The semantics every backend shares (including membership) are
+in tests/contract."""
 
 from __future__ import annotations
 
@@ -16,9 +18,8 @@ import etcd3
 import pytest
 
 from coordinator.store.base import (
+    DELETED,
     ConcurrentUpdate,
-    InvalidKey,
-    KeyNotFound,
     Store,
     StoreUnavailable,
 )
@@ -28,12 +29,15 @@ from coordinator.store.etcd import (
     InvalidEndpoint,
     StoreConfigError,
 )
-from tests.etcd_server import EtcdServer, find_etcd, free_port
+from tools.etcd_server import EtcdServer, find_etcd, free_port
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
 
 T = TypeVar("T")
 PRIME = b"prime"
+# Deadlines for liveness ("it gives up instead of hanging"), far above any configured store
+# timeout so a busy machine cannot fail them; never a performance claim.
+LIVENESS_S = 30.0
 StoreFactory = Callable[..., Awaitable[EtcdStore]]
 
 
@@ -229,39 +233,12 @@ async def test_bad_security_config_rejected(
 
 
 async def test_connect_to_nothing_is_unavailable(deployment: str) -> None:
-    start = time.monotonic()
-    with pytest.raises(StoreUnavailable):
-        await EtcdStore.connect([f"127.0.0.1:{free_port()}"], deployment, timeout=0.5)
-    assert time.monotonic() - start < 3
+    async with asyncio.timeout(LIVENESS_S):  # gives up, never hangs
+        with pytest.raises(StoreUnavailable):
+            await EtcdStore.connect([f"127.0.0.1:{free_port()}"], deployment, timeout=0.5)
 
 
 # -- basic operations ------------------------------------------------------------------------
-
-
-async def test_get_set_has(store: EtcdStore) -> None:
-    assert isinstance(store, Store)
-    assert not await store.has("manifests/ab")
-    with pytest.raises(KeyNotFound) as err:
-        await store.get("manifests/ab")
-    assert err.value.key == "manifests/ab"
-    await store.set("manifests/ab", b"one")
-    assert await store.has("manifests/ab")
-    assert await store.get("manifests/ab") == b"one"
-    await store.set("manifests/ab", b"\x00two\xff")
-    assert await store.get("manifests/ab") == b"\x00two\xff"
-    assert not await store.has("manifests/abc")
-
-
-@pytest.mark.parametrize("key", ["a", "a/b/c", "A/b", "/a", "a/", "a/b c"])
-async def test_invalid_key_rejected(store: EtcdStore, key: str) -> None:
-    with pytest.raises(InvalidKey):
-        await store.get(key)
-    with pytest.raises(InvalidKey):
-        await store.set(key, b"x")
-    with pytest.raises(InvalidKey):
-        await store.compare_and_swap(key, b"", b"x")
-    with pytest.raises(InvalidKey):
-        store.watch(key)
 
 
 async def test_keys_live_under_deployment_prefix(
@@ -294,26 +271,6 @@ async def test_deployments_are_isolated(make_store: StoreFactory) -> None:
 # -- compare and swap ------------------------------------------------------------------------
 
 
-async def test_cas_semantics(store: EtcdStore) -> None:
-    key = "transitions/latest"
-    await store.compare_and_swap(key, b"", b"v1")  # absent key equals b""
-    assert await store.get(key) == b"v1"
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap(key, b"", b"v2")  # present now
-    assert await store.get(key) == b"v1"
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap(key, b"other", b"v2")
-    assert await store.get(key) == b"v1"
-    await store.compare_and_swap(key, b"v1", b"v2")
-    assert await store.get(key) == b"v2"
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap(key, b"v1", b"v3")  # stale old value
-    assert await store.get(key) == b"v2"
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap("transitions/other", b"x", b"y")  # absent != b"x"
-    assert not await store.has("transitions/other")
-
-
 async def test_concurrent_cas_exactly_one_wins(make_store: StoreFactory) -> None:
     stores = await asyncio.gather(*(make_store() for _ in range(20)))
     key = "transitions/latest"
@@ -344,15 +301,6 @@ async def test_watch_delivers_updates_in_order(make_store: StoreFactory) -> None
     for v in values:
         await writer.set("transitions/latest", v)
     assert [await next_value(it) for _ in values] == values
-    await it.aclose()
-
-
-async def test_watch_skips_other_keys_and_current_value(store: EtcdStore) -> None:
-    await store.set("x/a", b"old")
-    it = await primed_watch(store, "x/a")
-    await store.set("x/ab", b"sibling")  # a key sharing the prefix is not ours
-    await store.set("x/a", b"new")
-    assert await next_value(it) == b"new"
     await it.aclose()
 
 
@@ -425,6 +373,30 @@ async def test_watch_recovers_from_compaction(
     assert len(compactions) == 2
 
 
+async def test_deletion_missed_during_compaction_is_reported(
+    etcd: EtcdServer, make_store: StoreFactory, proxy: Proxy, deployment: str
+) -> None:
+    key = "transitions/latest"
+    watcher = await make_store([proxy.endpoint])
+    writer = await make_store()
+    raw = raw_client(etcd)
+    try:
+        it = await primed_watch(watcher, key, writer)
+        proxy.cut()
+        raw.delete(f"/concord/{deployment}/{key}")
+        # Compact past the delete (a tombstone at exactly the compaction revision would be
+        # dropped without a compaction error: etcd's own limit, see the store's docs).
+        await writer.set("x/later", b"moves the revision on")
+        raw.compact(raw.get_response("/").header.revision, physical=True)
+        proxy.restore()
+        assert await next_value(it) == DELETED  # the delete event is gone, the absence is not
+        await writer.set(key, b"back")
+        assert await next_value(it) == b"back"
+        await it.aclose()
+    finally:
+        raw.close()
+
+
 async def test_watch_fails_over_to_next_endpoint(
     etcd: EtcdServer, make_store: StoreFactory, proxy: Proxy
 ) -> None:
@@ -492,10 +464,9 @@ async def test_calls_unavailable_when_etcd_down(etcd: EtcdServer, make_store: St
         store.ping,
     ]
     for op in ops:
-        start = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="etcd unavailable"):
-            await op()
-        assert time.monotonic() - start < 4
+        async with asyncio.timeout(LIVENESS_S):  # gives up, never hangs
+            with pytest.raises(StoreUnavailable, match="etcd unavailable"):
+                await op()
     etcd.start()
     assert await retry(lambda: store.get("x/k")) == b"v"
 
@@ -507,9 +478,12 @@ async def test_calls_time_out_when_etcd_hangs(etcd: EtcdServer, make_store: Stor
     try:
         for op in (lambda: store.get("x/k"), lambda: store.compare_and_swap("x/k", b"v", b"w")):
             start = time.monotonic()
-            with pytest.raises(StoreUnavailable):
-                await op()
-            assert 0.8 < time.monotonic() - start < 5
+            async with asyncio.timeout(LIVENESS_S):  # gives up, never hangs
+                with pytest.raises(StoreUnavailable):
+                    await op()
+            # It waited for its 1 s timeout rather than failing at once (a lower bound only:
+            # a slow machine can make it later, never earlier).
+            assert time.monotonic() - start > 0.8
     finally:
         etcd.resume()
     assert await retry(lambda: store.get("x/k")) in (b"v", b"w")
@@ -521,7 +495,7 @@ async def test_watch_raises_unavailable_when_etcd_unreachable(
 ) -> None:
     watcher = await make_store(timeout=1.0)
     it = await primed_watch(watcher, "transitions/latest")
-    pending = asyncio.ensure_future(next_value(it, timeout=15))
+    pending = asyncio.ensure_future(next_value(it, timeout=LIVENESS_S))
     await asyncio.sleep(0.1)
     start = time.monotonic()
     etcd.stop() if outage == "stop" else etcd.pause()
@@ -529,7 +503,7 @@ async def test_watch_raises_unavailable_when_etcd_unreachable(
         with pytest.raises(StoreUnavailable):
             await pending
         elapsed = time.monotonic() - start
-        assert 0.9 < elapsed < 6, elapsed
+        assert elapsed > 0.9, elapsed  # noticed through its 1 s timeout, not at once
     finally:
         etcd.resume()
         etcd.start()
@@ -541,32 +515,6 @@ async def test_watch_raises_unavailable_when_etcd_unreachable(
 
 
 # -- membership ------------------------------------------------------------------------------
-
-
-async def test_members_visible_updated_and_revoked_on_close(make_store: StoreFactory) -> None:
-    a, b = await make_store(), await make_store()
-    assert await b.list_members() == {}
-    await a.put_member("coord-1", b"10.0.0.1:7777 ready", ttl=10)
-    assert await b.list_members() == {"coord-1": b"10.0.0.1:7777 ready"}
-    await a.put_member("coord-1", b"10.0.0.1:7777 stale", ttl=10)
-    assert await b.list_members() == {"coord-1": b"10.0.0.1:7777 stale"}
-    await a.close()  # revokes: gone at once, not after the TTL
-    assert await b.list_members() == {}
-
-
-async def test_member_key_expires_when_keepalive_stops(make_store: StoreFactory) -> None:
-    a, b = await make_store(), await make_store()
-    await a.put_member("m1", b"addr", ttl=2)
-    await asyncio.sleep(2.5)  # past the TTL: the keep-alive holds it
-    assert await b.list_members() == {"m1": b"addr"}
-    await a.stop_member("m1", revoke=False)  # as if the process died
-    assert await b.list_members() == {"m1": b"addr"}  # still there until the lease runs out
-
-    async def gone() -> bool:
-        return await b.list_members() == {}
-
-    took = await eventually(gone, timeout=5)
-    assert took > 0.2
 
 
 async def test_member_reregisters_after_lease_lost(
@@ -588,19 +536,6 @@ async def test_member_reregisters_after_lease_lost(
         assert meta2.lease_id not in (0, meta.lease_id)
     finally:
         raw.close()
-
-
-async def test_watch_members(make_store: StoreFactory) -> None:
-    a, b = await make_store(), await make_store()
-    it = b.watch_members()
-    assert await anext(it) == {}
-    await a.put_member("m1", b"x", ttl=10)
-    assert await asyncio.wait_for(anext(it), 10) == {"m1": b"x"}
-    await a.put_member("m2", b"y", ttl=10)
-    assert await asyncio.wait_for(anext(it), 10) == {"m1": b"x", "m2": b"y"}
-    await a.stop_member("m1")
-    assert await asyncio.wait_for(anext(it), 10) == {"m2": b"y"}
-    await it.aclose()
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from coordinator import cli
 from coordinator.store.base import ConcurrentUpdate, StoreAccessDenied, StoreUnavailable
 from coordinator.store.etcd import EtcdStore, StoreConfigError
-from tests.etcd_server import EtcdServer, EtcdTls, find_etcd
 from tests.integration.service_helpers import (
     LATEST_KEY,
     WEB_POLICY,
@@ -39,6 +38,7 @@ from tests.integration.service_helpers import (
     keys_fixture,  # noqa: F401  (fixture)
     mock_tee_fixture,  # noqa: F401  (fixture)
 )
+from tools.etcd_server import EtcdServer, EtcdTls, find_etcd
 
 PASSWORD = "correct horse battery staple"
 WRONG_PASSWORD = "wrong horse"

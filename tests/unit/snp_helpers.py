@@ -14,7 +14,7 @@ import pytest
 
 from attestation import anchors as anchors_mod
 from attestation.anchors import TrustAnchors
-from attestation.snp.mock import MockAmd
+from attestation.mock.snp import MockAmd
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 """The verification time of the SNP tests."""

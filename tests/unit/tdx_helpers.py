@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from attestation.anchors import TrustAnchors, production
-from attestation.tdx.mock import MockIntel, create_mock_intel
+from attestation.mock.tdx import MockIntel, create_mock_intel
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 """The verification time of most TDX tests (the mock hierarchy is issued at it)."""

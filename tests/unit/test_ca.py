@@ -182,7 +182,7 @@ def test_rejects_bad_ca_inputs(
 
 def test_ca_is_immutable(ca: CertificateAuthority) -> None:
     with pytest.raises(AttributeError):
-        ca.mesh_key = new_mesh_key()  # type: ignore[misc]
+        ca.mesh_key = new_mesh_key()
     assert "PRIVATE" not in repr(ca)
 
 

@@ -140,7 +140,7 @@ def test_mac_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(challenge.hmac, "compare_digest", spy)
+    monkeypatch.setattr("coordinator.core.challenge.hmac.compare_digest", spy)
     token = issue_token(KEY, LATEST, NOW)
     check_token(KEY, token, LATEST, NOW)
     assert (token[-16:], hmac.new(KEY, token[:-16], hashlib.sha256).digest()[:16]) in calls

@@ -152,9 +152,9 @@ def test_keys_are_cached() -> None:
 def test_immutable_and_no_leak() -> None:
     e = SeedEngine(SEED1, SALT1)
     with pytest.raises(AttributeError):
-        e.foo = 1  # type: ignore[attr-defined]
+        e.foo = 1
     with pytest.raises(AttributeError):
-        e._seed = b"x" * 32  # type: ignore[misc]
+        e._seed = b"x" * 32
     with pytest.raises(AttributeError):
         e.seed = b"x" * 32  # type: ignore[misc]
     text = repr(e) + str(e)

@@ -24,7 +24,7 @@ from attestation.errors import (
 )
 from attestation.reference import SnpTcb
 from attestation.snp import certs as c
-from attestation.snp.mock import MockAmd, create_mock_amd, issue_certificate
+from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate
 from tests.unit.snp_helpers import (  # noqa: F401  (fixtures)
     NOW,
     mock_amd_anchors,
@@ -146,7 +146,7 @@ def test_ia5_and_hwid_decoders() -> None:
 
 
 def _values(product: str = "Genoa", kind: str = "vcek") -> dict[str, bytes]:
-    from attestation.snp.mock import MOCK_TCB, amd_extension_values
+    from attestation.mock.snp import MOCK_TCB, amd_extension_values
 
     return amd_extension_values(
         product, MOCK_TCB[product], kind=kind, hwid=bytes(c.HWID_SIZE[product])
@@ -302,7 +302,7 @@ def test_leaf_key_must_be_p384(mock: MockAmd, mock_anchors: TrustAnchors) -> Non
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from attestation.snp.mock import amd_extension_values
+    from attestation.mock.snp import amd_extension_values
 
     key = ec.generate_private_key(ec.SECP256R1())
     cert = issue_certificate(

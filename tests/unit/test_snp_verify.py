@@ -41,7 +41,7 @@ from attestation.errors import (
 )
 from attestation.reference import SnpGuestPolicy, SnpReference, SnpTcb, parse_snp_reference
 from attestation.snp import certs as c
-from attestation.snp.mock import MockAmd, create_mock_amd, issue_certificate, load_mock_amd
+from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate, load_mock_amd
 from attestation.snp.policy import (
     AbiVersionTooLow,
     ChipIdNotAllowed,
@@ -53,7 +53,7 @@ from attestation.snp.policy import (
 )
 from attestation.snp.report import UnsupportedSignatureAlgorithm, encode_policy, parse_report
 from attestation.snp.tcb import UnknownProduct, encode_tcb
-from attestation.snp.verify import SnpVerified, verify_snp
+from attestation.snp.verify import CertificateProductMismatch, SnpVerified, verify_snp
 from tests.unit.snp_helpers import (  # noqa: F401  (fixtures)
     NOW,
     mock_amd_anchors,
@@ -622,7 +622,11 @@ CASES: list[tuple[str, Callable[[World], Case], type[EvidenceRejected]]] = [
         BindingMismatch,
     ),
     ("mock-chip-id-mismatch", lambda w: w.mock_case(chip_id=b"\x07" * 64), BindingMismatch),
-    ("mock-cpuid-says-milan", lambda w: w.mock_case(cpuid_mod_id=0x01), BindingMismatch),
+    (
+        "mock-cpuid-says-milan",
+        lambda w: w.mock_case(cpuid_mod_id=0x01),
+        CertificateProductMismatch,
+    ),
     ("mock-cpuid-unknown", lambda w: w.mock_case(cpuid_fam_id=0x17), UnknownProduct),
     (
         "mock-vlek-without-cspid",
@@ -670,8 +674,18 @@ CASES: list[tuple[str, Callable[[World], Case], type[EvidenceRejected]]] = [
     ),
     ("mock-vmpl-out-of-range", lambda w: w.mock_case(vmpl=4), MalformedEvidence),
     (
-        "mock-platform-unknown-bit",
-        lambda w: w.mock_case(platform_info=1 << 8),
+        "mock-platform-unknown-bit-forbidden",
+        lambda w: replace(
+            w.mock_case(platform_info=1 << 8),
+            refs=(
+                SnpReference(
+                    product="Genoa",
+                    measurement=MEAS,
+                    allow_vlek=True,
+                    platform_unknown_forbidden=1 << 8,
+                ),
+            ),
+        ),
         PlatformInfoViolation,
     ),
     (

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import FrozenInstanceError
 from functools import cache
+from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,12 +28,13 @@ from coordinator.core.state import (
     Stale,
     StaleFlag,
     State,
-    default_backoff,
 )
 from coordinator.store.base import StoreUnavailable
-from coordinator.store.memory import MemoryStore
+from tests.fakes.store import MemoryStore
 
-TIMEOUT = 1.0  # "within 1 s"
+# A deadline for liveness (the event happens at all), generous so a busy machine cannot fail
+# it; nothing here is a latency claim.
+TIMEOUT = 30.0
 
 
 def policy(name: str) -> bytes:
@@ -109,10 +111,10 @@ async def all_seen(guards: Sequence[Guard], transition_hash: bytes) -> None:
 
 def test_stale_flag_is_one_way() -> None:
     f = StaleFlag()
-    assert not f.is_set
-    assert f.mark() is True
-    assert f.mark() is False
-    assert f.is_set
+    before = f.is_set
+    first, second = f.mark(), f.mark()
+    # One tuple, not one assert per read: a type checker would narrow f.is_set across them.
+    assert (before, first, second, f.is_set) == (False, True, False, True)
     with pytest.raises(AttributeError):
         f.is_set = False  # type: ignore[misc]
 
@@ -187,7 +189,8 @@ async def test_update_refusals_store_nothing() -> None:
     with pytest.raises(InvalidPolicies, match="SHA-256"):
         await g.update_state(None, M1, {hashlib.sha256(b"x").digest(): policy("web")})
     with pytest.raises(InvalidPolicies):
-        await g.update_state(None, M1, policy("web"))
+        # A caller that ignores the annotation: one policy's bytes instead of a list of them.
+        await g.update_state(None, M1, cast(Sequence[bytes], policy("web")))
     assert store.op_counts["set"] == 0 and store.op_counts["compare_and_swap"] == 0
     with pytest.raises(NotInitialized):
         await g.get_state()
@@ -595,12 +598,6 @@ async def test_recovery_mode_at_start_triggers_on_stale() -> None:
         r = await g.reset_state(None, authorizer_for(s))
         assert not g.stale_event.is_set()
         assert await g.get_state() is r
-
-
-def test_default_backoff_grows_and_is_capped() -> None:
-    assert 0.08 <= default_backoff(1) <= 0.12
-    assert 0.16 <= default_backoff(2) <= 0.24
-    assert 8.0 <= default_backoff(50) <= 12.0
 
 
 # --- the race -------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""FileStore: Store semantics, file modes, atomic writes, locking in-process, watches."""
+"""FileStore specifics: file layout and modes, atomic writes, locking in-process, deletions
+noticed by polling, cancelled writes. The Store semantics it shares with every backend are in
+tests/contract."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
+import shutil
 import stat
 import threading
 from collections.abc import AsyncIterator
@@ -13,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.store.base import (
+    DELETED,
     ConcurrentUpdate,
     InvalidKey,
     KeyNotFound,
-    Store,
     StoreLocked,
     StoreUnavailable,
 )
@@ -43,31 +47,19 @@ async def _next(it: AsyncIterator[bytes]) -> bytes:
 # -- basic semantics ----------------------------------------------------------------------------
 
 
-async def test_is_a_store(store: FileStore) -> None:
-    assert isinstance(store, Store)
-
-
-async def test_get_set_has_roundtrip(store: FileStore) -> None:
-    assert not await store.has("manifests/abc")
+async def test_a_key_is_a_file_in_a_subdirectory(store: FileStore) -> None:
     await store.set("manifests/abc", b"\x00hello\xff")
-    assert await store.has("manifests/abc")
-    assert await store.get("manifests/abc") == b"\x00hello\xff"
     await store.set("manifests/abc", b"second")
     assert await store.get("manifests/abc") == b"second"
     assert (store.directory / "manifests" / "abc").read_bytes() == b"second"
 
 
-async def test_empty_value_roundtrip(store: FileStore) -> None:
-    await store.set("members/a", b"")
-    assert await store.has("members/a")
-    assert await store.get("members/a") == b""
-
-
-async def test_get_missing_raises_key_not_found(store: FileStore) -> None:
+async def test_missing_subdirectory_and_missing_file_are_both_key_not_found(
+    store: FileStore,
+) -> None:
     with pytest.raises(KeyNotFound) as info:
         await store.get("transitions/latest")
     assert info.value.key == "transitions/latest"
-    # a missing sub-directory and a missing file in an existing one behave the same
     await store.set("transitions/other", b"x")
     with pytest.raises(KeyNotFound):
         await store.get("transitions/latest")
@@ -89,72 +81,13 @@ async def test_values_survive_reopen(tmp_path: Path) -> None:
 # -- compare and swap ---------------------------------------------------------------------------
 
 
-async def test_cas_missing_key_equals_empty_old(store: FileStore) -> None:
-    await store.compare_and_swap("transitions/latest", b"", b"one")
-    assert await store.get("transitions/latest") == b"one"
-
-
-async def test_cas_missing_key_with_nonempty_old_is_concurrent_update(store: FileStore) -> None:
+async def test_failed_cas_on_a_missing_key_leaves_no_junk(store: FileStore) -> None:
     with pytest.raises(ConcurrentUpdate):
         await store.compare_and_swap("transitions/latest", b"one", b"two")
     assert not await store.has("transitions/latest")
     # and no junk (temp files) left behind
     sub = store.directory / "transitions"
     assert not sub.exists() or list(sub.iterdir()) == []
-
-
-async def test_cas_success_and_mismatch_leaves_value(store: FileStore) -> None:
-    await store.compare_and_swap("transitions/latest", b"", b"one")
-    await store.compare_and_swap("transitions/latest", b"one", b"two")
-    assert await store.get("transitions/latest") == b"two"
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap("transitions/latest", b"one", b"three")
-    assert await store.get("transitions/latest") == b"two"
-    # empty old on an existing key is a mismatch too
-    with pytest.raises(ConcurrentUpdate):
-        await store.compare_and_swap("transitions/latest", b"", b"three")
-    assert await store.get("transitions/latest") == b"two"
-
-
-async def test_cas_error_message_has_no_values(store: FileStore) -> None:
-    await store.set("transitions/latest", b"SECRET-CURRENT")
-    with pytest.raises(ConcurrentUpdate) as info:
-        await store.compare_and_swap("transitions/latest", b"SECRET-OLD", b"SECRET-NEW")
-    assert "SECRET" not in str(info.value)
-    assert "transitions/latest" in str(info.value)
-
-
-async def test_concurrent_cas_exactly_one_wins(store: FileStore) -> None:
-    await store.set("transitions/latest", b"base")
-
-    async def attempt(i: int) -> bool:
-        try:
-            await store.compare_and_swap("transitions/latest", b"base", b"v%d" % i)
-        except ConcurrentUpdate:
-            return False
-        return True
-
-    results = await asyncio.gather(*(attempt(i) for i in range(8)))
-    assert results.count(True) == 1
-    winner = results.index(True)
-    assert await store.get("transitions/latest") == b"v%d" % winner
-
-
-async def test_cas_chain_is_linear(store: FileStore) -> None:
-    """Each task advances the value by CAS-retrying; no update is lost."""
-
-    async def bump() -> None:
-        while True:
-            cur = await store.get("members/counter") if await store.has("members/counter") else b""
-            nxt = str(int(cur or b"0") + 1).encode()
-            try:
-                await store.compare_and_swap("members/counter", cur, nxt)
-                return
-            except ConcurrentUpdate:
-                continue
-
-    await asyncio.gather(*(bump() for _ in range(10)))
-    assert await store.get("members/counter") == b"10"
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -180,7 +113,7 @@ BAD_KEYS = [
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)
-async def test_invalid_keys_rejected_everywhere(store: FileStore, key: str) -> None:
+async def test_invalid_keys_touch_no_file(store: FileStore, key: str) -> None:
     with pytest.raises(InvalidKey):
         await store.get(key)
     with pytest.raises(InvalidKey):
@@ -338,70 +271,20 @@ async def test_relative_path_is_made_absolute(
         assert str(tmp_path / "rel") in str(info.value)
 
 
-async def test_operations_after_close_are_unavailable(tmp_path: Path) -> None:
+async def test_operations_after_close_touch_no_file(tmp_path: Path) -> None:
     s = FileStore.open(tmp_path)
     await s.set("a/b", b"x")
     await s.close()
-    with pytest.raises(StoreUnavailable):
-        await s.get("a/b")
-    with pytest.raises(StoreUnavailable):
-        await s.has("a/b")
     with pytest.raises(StoreUnavailable):
         await s.set("a/b", b"y")
     with pytest.raises(StoreUnavailable):
         await s.compare_and_swap("a/b", b"x", b"y")
     with pytest.raises(StoreUnavailable):
-        s.watch("a/b")
+        s.watch("a/b")  # the file store refuses at once
     assert (tmp_path / "a" / "b").read_bytes() == b"x"
 
 
 # -- watch --------------------------------------------------------------------------------------
-
-
-async def test_watch_receives_updates_in_order_not_current(store: FileStore) -> None:
-    await store.set("transitions/latest", b"before")
-    w = store.watch("transitions/latest")
-    await store.set("transitions/latest", b"v1")
-    await store.compare_and_swap("transitions/latest", b"v1", b"v2")
-    with pytest.raises(ConcurrentUpdate):  # a failed CAS is not an update
-        await store.compare_and_swap("transitions/latest", b"v1", b"nope")
-    await store.set("transitions/other", b"other key")
-    await store.set("transitions/latest", b"v3")
-    assert [await _next(w), await _next(w), await _next(w)] == [b"v1", b"v2", b"v3"]
-
-
-async def test_watch_waits_for_a_later_write(store: FileStore) -> None:
-    w = store.watch("members/x")
-    pending = asyncio.ensure_future(_next(w))
-    await asyncio.sleep(0.01)
-    assert not pending.done()
-    await store.compare_and_swap("members/x", b"", b"joined")
-    assert await pending == b"joined"
-
-
-async def test_watch_several_watchers_and_async_for(store: FileStore) -> None:
-    w1 = store.watch("a/b")
-    w2 = store.watch("a/b")
-
-    async def collect(it: AsyncIterator[bytes]) -> list[bytes]:
-        return [v async for v in it]
-
-    tasks = [asyncio.ensure_future(collect(w)) for w in (w1, w2)]
-    for i in range(5):
-        await store.set("a/b", b"%d" % i)
-    await store.close()  # ends every watch
-    expected = [b"%d" % i for i in range(5)]
-    assert await asyncio.wait_for(asyncio.gather(*tasks), timeout=5) == [expected, expected]
-
-
-async def test_watch_aclose_stops_delivery(store: FileStore) -> None:
-    w = store.watch("a/b")
-    await store.set("a/b", b"1")
-    assert await _next(w) == b"1"
-    await w.aclose()  # type: ignore[attr-defined]
-    await store.set("a/b", b"2")
-    with pytest.raises(StopAsyncIteration):
-        await _next(w)
 
 
 async def test_cancelled_write_still_completes_and_notifies(
@@ -434,3 +317,63 @@ async def test_cancelled_write_still_completes_and_notifies(
     monkeypatch.undo()
     assert await store.get("transitions/latest") == b"A"
     assert await _next(w) == b"A"
+
+
+# -- deletions by someone else (polled) ---------------------------------------------------------
+
+
+@pytest.fixture
+async def polled(tmp_path: Path) -> AsyncIterator[FileStore]:
+    s = FileStore.open(tmp_path / "polled", poll_interval=0.01)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_removed_subdirectory_is_a_deletion(polled: FileStore) -> None:
+    await polled.set("transitions/latest", b"v")
+    w = polled.watch("transitions/latest")
+    shutil.rmtree(polled.directory / "transitions")
+    assert await _next(w) == DELETED
+    await w.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_key_never_seen_is_not_reported_deleted(polled: FileStore) -> None:
+    w = polled.watch("transitions/latest")
+    pending = asyncio.ensure_future(_next(w))
+    await asyncio.sleep(0.1)  # several polls of a missing file
+    assert not pending.done()
+    await polled.set("transitions/latest", b"v")
+    assert await pending == b"v"
+    os.unlink(polled.directory / "transitions" / "latest")
+    assert await _next(w) == DELETED  # seen through our own write, then gone
+    await w.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_file_created_behind_our_back_is_tracked_for_deletion(polled: FileStore) -> None:
+    w = polled.watch("transitions/latest")
+    (polled.directory / "transitions").mkdir()
+    target = polled.directory / "transitions" / "latest"
+    target.write_bytes(b"planted")
+    pending = asyncio.ensure_future(_next(w))
+    await asyncio.sleep(0.1)  # polls see it appear; only our own writes are values
+    assert not pending.done()
+    target.unlink()
+    assert await pending == DELETED
+
+
+async def test_aclose_from_elsewhere_ends_a_waiting_reader(polled: FileStore) -> None:
+    w = polled.watch("a/b")
+    pending = asyncio.ensure_future(_next(w))
+    await asyncio.sleep(0.02)
+    await w.aclose()  # type: ignore[attr-defined]
+    with pytest.raises(StopAsyncIteration):
+        await pending
+
+
+@pytest.mark.parametrize("interval", [0, -1, math.nan])
+def test_bad_poll_interval_rejected(tmp_path: Path, interval: float) -> None:
+    with pytest.raises(ValueError, match="poll_interval"):
+        FileStore.open(tmp_path, poll_interval=interval)
+    assert not (tmp_path / LOCK_NAME).exists()

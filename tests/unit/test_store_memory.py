@@ -1,112 +1,35 @@
-"""MemoryStore: the Store protocol, shared views, and fault injection."""
+"""The fake MemoryStore (tests/fakes/store.py): shared views, fault injection, tampering.
+
+The Store and MembershipStore semantics it shares with the real backends are in tests/contract.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
-from coordinator.store.base import (
-    ConcurrentUpdate,
-    InvalidKey,
-    KeyNotFound,
-    Store,
-    StoreUnavailable,
-)
-from coordinator.store.memory import MemoryStore
+from coordinator.store.base import DELETED, StoreUnavailable
+from tests.fakes.store import MemoryStore
 
 KEY = "transitions/latest"
 
 
-async def next_value(it: object, timeout: float = 1.0) -> bytes:
+async def next_value(it: AsyncIterator[bytes], timeout: float = 30.0) -> bytes:
+    """The next value; ``timeout`` is a liveness deadline (or, tiny, a check that none comes)."""
     async with asyncio.timeout(timeout):
-        return await it.__anext__()  # type: ignore[attr-defined,no-any-return]
+        return await anext(it)
 
 
-def test_is_a_store() -> None:
-    assert isinstance(MemoryStore(), Store)
-
-
-async def test_get_set_has() -> None:
+async def test_aclose_unregisters_the_watch() -> None:
     s = MemoryStore()
-    with pytest.raises(KeyNotFound) as e:
-        await s.get("manifests/abc")
-    assert e.value.key == "manifests/abc"
-    assert not await s.has("manifests/abc")
-    await s.set("manifests/abc", bytearray(b"v1"))
-    got = await s.get("manifests/abc")
-    assert got == b"v1" and type(got) is bytes
-    assert await s.has("manifests/abc")
-    await s.set("manifests/abc", b"v2")
-    assert await s.get("manifests/abc") == b"v2"
-
-
-@pytest.mark.parametrize("key", ["", "a", "a/b/c", "A/b", "a/b_c", "/a", "a/", "a/b ", "ä/b"])
-async def test_invalid_keys(key: str) -> None:
-    s = MemoryStore()
-    with pytest.raises(InvalidKey):
-        await s.get(key)
-    with pytest.raises(InvalidKey):
-        await s.set(key, b"x")
-    with pytest.raises(InvalidKey):
-        await s.has(key)
-    with pytest.raises(InvalidKey):
-        await s.compare_and_swap(key, b"", b"x")
-    with pytest.raises(InvalidKey):
-        s.watch(key)
-
-
-async def test_compare_and_swap() -> None:
-    s = MemoryStore()
-    # A missing key equals the empty old value.
-    with pytest.raises(ConcurrentUpdate):
-        await s.compare_and_swap(KEY, b"something", b"a")
-    assert not await s.has(KEY)
-    await s.compare_and_swap(KEY, b"", b"a")
-    assert await s.get(KEY) == b"a"
-    with pytest.raises(ConcurrentUpdate):
-        await s.compare_and_swap(KEY, b"", b"b")
-    with pytest.raises(ConcurrentUpdate):
-        await s.compare_and_swap(KEY, b"x", b"b")
-    assert await s.get(KEY) == b"a"
-    await s.compare_and_swap(KEY, b"a", b"b")
-    assert await s.get(KEY) == b"b"
-
-
-async def test_concurrent_cas_exactly_one_wins() -> None:
-    s = MemoryStore()
-    results = await asyncio.gather(
-        *(s.compare_and_swap(KEY, b"", bytes([i])) for i in range(20)), return_exceptions=True
-    )
-    assert sum(r is None for r in results) == 1
-    assert all(r is None or type(r) is ConcurrentUpdate for r in results)
-
-
-async def test_watch_sees_only_later_values_and_registers_on_call() -> None:
-    s = MemoryStore()
-    await s.set(KEY, b"before")
     w = s.watch(KEY)
-    # Written before the first iteration, but after watch() returned: must be delivered.
-    await s.set(KEY, b"v1")
-    await s.set("manifests/other", b"ignored")
-    await s.compare_and_swap(KEY, b"v1", b"v2")
-    assert await next_value(w) == b"v1"
-    assert await next_value(w) == b"v2"
-    with pytest.raises(TimeoutError):
-        await next_value(w, timeout=0.05)
+    assert s.active_watches == 1
     await w.aclose()
     assert s.active_watches == 0
     with pytest.raises(StopAsyncIteration):
         await next_value(w)
-
-
-async def test_failed_cas_does_not_notify() -> None:
-    s = MemoryStore()
-    w = s.watch(KEY)
-    with pytest.raises(ConcurrentUpdate):
-        await s.compare_and_swap(KEY, b"x", b"y")
-    await s.set(KEY, b"z")
-    assert await next_value(w) == b"z"
 
 
 async def test_views_share_data_and_notifications() -> None:
@@ -225,3 +148,30 @@ async def test_raw_set_bypasses_notifications() -> None:
     assert await s.get(KEY) == b"tampered"
     with pytest.raises(TimeoutError):
         await next_value(w, timeout=0.05)
+
+
+async def test_raw_delete_notifies_every_view() -> None:
+    a = MemoryStore()
+    b = a.clone_view()
+    await a.set(KEY, b"v")
+    await a.set("transitions/other", b"o")
+    wa, wb = a.watch(KEY), b.watch(KEY)
+    b.set_unavailable()  # tampering bypasses faults: it is not an operation of a view
+    a.raw_delete(KEY)
+    a.raw_delete("manifests/never-there")  # absent: no event, no error
+    assert await next_value(wa) == DELETED
+    assert await next_value(wb) == DELETED
+    assert not await a.has(KEY)
+    assert await a.get("transitions/other") == b"o"
+
+
+async def test_member_expiry_follows_ttl_unit() -> None:
+    s = MemoryStore(ttl_unit=0.2)
+    other = s.clone_view()
+    await s.put_member("m1", b"x", ttl=1)
+    await s.stop_member("m1", revoke=False)
+    assert await other.list_members() == {"m1": b"x"}
+    async with asyncio.timeout(5):
+        while await other.list_members():
+            await asyncio.sleep(0.01)
+    assert s.op_counts["put_member"] == 1

@@ -39,7 +39,7 @@ from attestation.tdx.collateral import (
     parse_tcb_info,
     verify_collateral,
 )
-from attestation.tdx.mock import MockIntel, create_mock_intel
+from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.tdx.pck import (
     PckChain,
     split_pem_certificates,
@@ -299,11 +299,13 @@ def _evaluate(mock: MockIntel, col: TdxCollateral, **quote_kwargs: Any) -> Any:
 
 
 def _tcb(mock: MockIntel) -> dict[str, Any]:
-    return json.loads(json.dumps(mock.tcb_info_dict(NOW)))
+    doc: dict[str, Any] = json.loads(json.dumps(mock.tcb_info_dict(NOW)))
+    return doc
 
 
 def _qe(mock: MockIntel) -> dict[str, Any]:
-    return json.loads(json.dumps(mock.qe_identity_dict(NOW)))
+    doc: dict[str, Any] = json.loads(json.dumps(mock.qe_identity_dict(NOW)))
+    return doc
 
 
 def test_mock_collateral_up_to_date(mock: MockIntel) -> None:

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from attestation import anchors as anchors_mod
 from attestation.errors import UntrustedRoot
 from attestation.reference import TdxReference
-from attestation.tdx.mock import (
+from attestation.mock.tdx import (
     DEFAULT_TEE_TCB_SVN,
     DEFAULT_XFAM,
     create_mock_intel,

@@ -28,7 +28,7 @@ from attestation.anchors import TrustAnchors, production
 from attestation.errors import EvidenceRejected
 from attestation.reference import TDX_TCB_STATUSES, TdxReference
 from attestation.tdx.collateral import TdxCollateral, load_collateral_json
-from attestation.tdx.mock import MockIntel
+from attestation.mock.tdx import MockIntel
 from attestation.tdx.pck import verify_pck_chain
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verify import verify_tdx
@@ -165,7 +165,7 @@ def test_parsers_agree_on_real_vectors(vectors: Path, name: str) -> None:
 
 def _tcb(status: str | None = None, **top: Any) -> Callable[[MockIntel], dict[str, Any]]:
     def make(m: MockIntel) -> dict[str, Any]:
-        t = json.loads(json.dumps(m.tcb_info_dict(NOW)))
+        t: dict[str, Any] = json.loads(json.dumps(m.tcb_info_dict(NOW)))
         if status is not None:
             t["tcbLevels"][0]["tcbStatus"] = status
         t.update(top)

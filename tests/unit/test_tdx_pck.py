@@ -20,7 +20,7 @@ from attestation.errors import (
     MissingCertificate,
     UntrustedRoot,
 )
-from attestation.tdx.mock import MockIntel, create_mock_intel, encode_sgx_extensions
+from attestation.mock.tdx import MockIntel, create_mock_intel, encode_sgx_extensions
 from attestation.tdx.pck import (
     SGX_EXTENSION_OID,
     decode_sgx_extensions,
@@ -151,7 +151,7 @@ def test_non_minimal_integer_rejected(mock: MockIntel) -> None:
     pcesvn = bytes.fromhex("0201") + bytes([sgx_extensions_of(mock.pck).tcb.pce_svn])
     assert pcesvn in value
     # Re-encode PCESVN as a 2-byte INTEGER with a leading zero (not DER); fix up lengths.
-    from attestation.tdx.mock import _entry, _int, _tlv  # test-only use of the encoder
+    from attestation.mock.tdx import _entry, _int, _tlv  # test-only use of the encoder
 
     ext = sgx_extensions_of(mock.pck)
     base = SGX_EXTENSION_OID

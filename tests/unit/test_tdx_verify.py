@@ -39,7 +39,7 @@ from attestation.tdx.collateral import (
     TdxModuleMismatch,
     load_collateral_json,
 )
-from attestation.tdx.mock import MockIntel, create_mock_intel
+from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.tdx.quote import InvalidAttestationKey, UnsupportedQuoteType, parse_quote
 from attestation.tdx.verify import MissingCollateral, TdxVerified, verify_tdx
 from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)

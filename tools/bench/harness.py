@@ -2,7 +2,7 @@
 baseline, CPU/RSS readers and small statistics.
 
 Used by the in-process benchmarks (tests/bench/test_bench_*.py) and by the end-to-end harness
-(``./hack/bench``, tests/bench/bench_main.py). Nothing here starts a process or opens a socket.
+(``./hack/bench``, tools/bench/bench_main.py). Nothing here starts a process or opens a socket.
 
 The *primitive baseline* is the work a NewMeshCert cannot avoid: one evidence verification with
 the VCEK chain already cached (``Verifier.verify``) plus one leaf certificate signature
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from coordinator.core.history import History
 from coordinator.core.issuance import IssueRequest
 from coordinator.core.sealing import generate_keypair
 from coordinator.core.state import Guard, State
-from coordinator.store.memory import MemoryStore
+from coordinator.store import open_store
 
 COORDINATOR_POLICY = b"concord-bench: coordinator policy\n"
 WORKLOAD_POLICY = b"concord-bench: workload policy\n"
@@ -106,9 +107,15 @@ def create_deployment(directory: Path) -> BenchDeployment:
 
 
 async def build_state(dep: BenchDeployment) -> State:
-    """A fresh State for the deployment's manifest on an in-memory store."""
-    guard = Guard(History(MemoryStore()))
-    return await guard.update_state(None, dep.manifest, dep.policies)
+    """A fresh State for the deployment's manifest (set once on a throwaway file store: only the
+    State, which is pure, is measured afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="concord-bench-state-") as tmp:
+        store = await open_store(f"file:{tmp}", "bench")
+        try:
+            guard = Guard(History(store))
+            return await guard.update_state(None, dep.manifest, dep.policies)
+        finally:
+            await store.close()
 
 
 @dataclass(frozen=True)

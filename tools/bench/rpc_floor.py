@@ -1,6 +1,6 @@
 """The gRPC floor of the issuance benchmark: ``concord serve`` with issuance taken out.
 
-Run as ``python -m tests.bench.rpc_floor serve ...`` (the same arguments as ``concord serve``):
+Run as ``python -m tools.bench.rpc_floor serve ...`` (the same arguments as ``concord serve``):
 the real coordinator starts (TLS, attestation, Challenge, the MeshAPI servicer and its checks),
 except that NewMeshCert signs only its first certificate and then answers every call with that
 same response. The server CPU per join flow it costs is what gRPC, TLS and the servicer layer
@@ -44,7 +44,8 @@ class CannedMeshService(MeshService):
 
 
 def main(argv: list[str]) -> int:
-    server_module.MeshService = CannedMeshService  # type: ignore[misc]
+    # Swap the servicer class the server module binds at import (a name it does not export).
+    server_module.MeshService = CannedMeshService  # type: ignore[attr-defined]
     return cli_main(argv)
 
 

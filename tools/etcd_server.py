@@ -5,18 +5,18 @@ its logs in a file, and can be stopped, restarted on the same ports and data, or
 (SIGSTOP) to simulate an outage. Every server started here is stopped at interpreter exit at the
 latest, so a crashed test run leaves no etcd behind. No pytest imports: ``hack/`` uses it too.
 
-Run ``python tests/etcd_server.py`` to start one in the foreground; it prints its endpoint.
+Run ``python -m tools.etcd_server`` to start one in the foreground; it prints its endpoint.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +26,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from coordinator.supervisor import Supervised, SupervisorError
 
 _LIVE: weakref.WeakSet[EtcdServer] = weakref.WeakSet()
 
@@ -49,17 +51,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM a running child, SIGKILL it if it is still there after ``timeout`` seconds, and
-    reap it (shared with the coordinator processes of ``tests/integration/cluster_helpers``)."""
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class EtcdError(RuntimeError):
@@ -120,7 +111,7 @@ class EtcdServer:
         self.log_path = self.workdir / f"etcd-{name}.log"
         self.client_port = free_port()
         self.peer_port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: Supervised | None = None
         self._paused = False
         _LIVE.add(self)
 
@@ -141,11 +132,11 @@ class EtcdServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.running
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -207,21 +198,16 @@ class EtcdServer:
         raise EtcdError(f"etcd did not become healthy; see {self.log_path}")
 
     def _spawn(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self._argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # A new child each time: the arguments carry the (possibly re-picked) ports.
+        self._child = Supervised(
+            self._argv(), self.log_path, ready_line=False, name=f"etcd {self.name}"
+        ).start()
         self._paused = False
 
     def _wait_healthy(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
+            if not self.running:
                 return False
             if self.healthy(timeout=0.5):
                 return True
@@ -245,33 +231,29 @@ class EtcdServer:
 
     def kill(self) -> None:
         """SIGKILL: a crash, no graceful shutdown."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        if self._child is not None:
+            self._child.kill()
+        self._child = None
         self._paused = False
 
     def _terminate(self, timeout: float = 5.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            if self._paused:
-                proc.send_signal(signal.SIGCONT)
-            stop_process(proc, timeout)
-        self._proc = None
+        """SIGTERM (a paused etcd is continued first), SIGKILL after ``timeout``, reap."""
+        if self._child is not None:
+            self._child.stop(timeout)
+        self._child = None
         self._paused = False
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
-        if not self.running or self._proc is None:
+        if not self.running or self._child is None:
             raise EtcdError("etcd is not running")
-        self._proc.send_signal(signal.SIGSTOP)
+        self._child.signal(signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
-        if self._proc is not None and self._paused:
-            self._proc.send_signal(signal.SIGCONT)
+        if self._child is not None and self._paused:
+            with contextlib.suppress(SupervisorError):
+                self._child.signal(signal.SIGCONT)
             self._paused = False
 
     def close(self) -> None:

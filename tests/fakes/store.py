@@ -1,9 +1,14 @@
-"""In-process Store for tests and single-process use.
+"""An in-process Store and MembershipStore for tests, with fault injection.
+
+Not part of the package: production serves ``file:`` or ``etcd://`` only. It passes the same
+contract suite (tests/contract) as the real backends, so tests built on it exercise the
+semantics the coordinator really gets.
 
 Several coordinators in one test share data through *views* (:meth:`MemoryStore.clone_view`):
-each view has its own closed/unavailable state and its own watches, so a test can cut one
-coordinator off the store while the others keep going. Fault injection hooks let tests break
-watches and operations deterministically.
+each view has its own closed/unavailable state, its own watches and its own member keep-alives,
+so a test can cut one coordinator off the store while the others keep going. Fault injection
+hooks let tests break watches and operations deterministically, and :meth:`MemoryStore.raw_set`
+/ :meth:`MemoryStore.raw_delete` tamper with the data the way someone with store access could.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from coordinator.store.base import (
+    DELETED,
     ConcurrentUpdate,
     KeyNotFound,
     StoreUnavailable,
@@ -39,6 +45,8 @@ class _Fail:
 _Item = bytes | _End | _Fail
 Hook = Callable[[str], Awaitable[None]]
 _HOOKABLE = ("get", "set", "has", "compare_and_swap")
+MEMBERS = "members/"
+MAX_TTL = 3600
 
 
 class _Backend:
@@ -47,10 +55,29 @@ class _Backend:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.watches: dict[str, set[MemoryWatch]] = {}
+        # Member keys whose owner stopped refreshing: removed when the timer fires.
+        self.expiry: dict[str, asyncio.TimerHandle] = {}
+        # One queue per live watch_members(): poked on every change of a member key.
+        self.member_listeners: set[asyncio.Queue[_End | None]] = set()
 
     def publish(self, key: str, value: bytes) -> None:
         for w in tuple(self.watches.get(key, ())):
             w._push(value)
+        if key.startswith(MEMBERS):
+            for q in tuple(self.member_listeners):
+                q.put_nowait(None)
+
+    def write(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+        self.publish(key, value)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; its watches see DELETED (nothing happens if it is absent, as in etcd)."""
+        timer = self.expiry.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if self.data.pop(key, None) is not None:
+            self.publish(key, DELETED)
 
 
 class MemoryWatch(AsyncIterator[bytes]):
@@ -117,11 +144,19 @@ class MemoryStore:
     """
 
     def __init__(
-        self, *, yield_each_op: bool = True, interleave: random.Random | None = None
+        self,
+        *,
+        yield_each_op: bool = True,
+        interleave: random.Random | None = None,
+        ttl_unit: float = 1.0,
     ) -> None:
+        """``ttl_unit``: real seconds per second of a member TTL (tests of expiry shrink it)."""
         self._backend = _Backend()
         self._yield = yield_each_op
         self._interleave = interleave
+        self._ttl_unit = ttl_unit
+        self._members: dict[str, int] = {}  # member id -> ttl, while this view keeps it alive
+        self._member_queues: set[asyncio.Queue[_End | None]] = set()
         self._watches: set[MemoryWatch] = set()
         self._closed = False
         self._unavailable: BaseException | None = None
@@ -133,7 +168,9 @@ class MemoryStore:
 
     def clone_view(self) -> MemoryStore:
         """A new view on the same data (own watches, own faults, own counters)."""
-        view = MemoryStore(yield_each_op=self._yield, interleave=self._interleave)
+        view = MemoryStore(
+            yield_each_op=self._yield, interleave=self._interleave, ttl_unit=self._ttl_unit
+        )
         view._backend = self._backend
         return view
 
@@ -194,6 +231,11 @@ class MemoryStore:
         """Write without checks, notifications or faults (tamper with the store in tests)."""
         self._backend.data[key] = bytes(value)
 
+    def raw_delete(self, key: str) -> None:
+        """Delete ``key`` behind every coordinator's back, bypassing faults; watches see
+        DELETED, as they would for a deletion made directly in etcd."""
+        self._backend.delete(check_key(key))
+
     # -- Store protocol ------------------------------------------------------------------------
 
     async def _enter(self, op: str, key: str) -> None:
@@ -202,6 +244,10 @@ class MemoryStore:
         hook = self._before.get(op)
         if hook is not None:
             await hook(key)
+        await self._pass()
+
+    async def _pass(self) -> None:
+        """Yield to the loop as configured, then fail if this view is closed or cut off."""
         if self._yield:
             await asyncio.sleep(0)
         await self._jitter()
@@ -232,9 +278,7 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes) -> None:
         await self._enter("set", key)
-        value = bytes(value)
-        self._backend.data[key] = value
-        self._backend.publish(key, value)
+        self._backend.write(key, bytes(value))
         await self._leave("set", key)
 
     async def has(self, key: str) -> bool:
@@ -248,9 +292,7 @@ class MemoryStore:
         current = self._backend.data.get(key, b"")
         if current != bytes(old):
             raise ConcurrentUpdate(f"compare-and-swap on {key} lost: value changed")
-        new = bytes(new)
-        self._backend.data[key] = new
-        self._backend.publish(key, new)
+        self._backend.write(key, bytes(new))
         await self._leave("compare_and_swap", key)
 
     def watch(self, key: str) -> MemoryWatch:
@@ -264,8 +306,77 @@ class MemoryStore:
         return MemoryWatch(self, key, fail)
 
     async def close(self) -> None:
-        """Close this view: later operations raise StoreUnavailable, its watches end."""
+        """Close this view: its members are revoked (as etcd's close does), later operations
+        raise StoreUnavailable, its watches end."""
+        for member_id in tuple(self._members):
+            del self._members[member_id]
+            self._backend.delete(MEMBERS + member_id)
         self._closed = True
         for w in tuple(self._watches):
             w._push(_End())
             w._unregister()
+        for q in tuple(self._member_queues):
+            q.put_nowait(_End())
+
+    # -- MembershipStore protocol --------------------------------------------------------------
+
+    @staticmethod
+    def _member_key(member_id: str) -> str:
+        return check_key(MEMBERS + member_id)
+
+    async def put_member(self, member_id: str, value: bytes, ttl: int) -> None:
+        """Publish ``members/<member_id>``; it lives while this view keeps it (until
+        :meth:`stop_member` or :meth:`close`), then ``ttl * ttl_unit`` seconds more."""
+        key = self._member_key(member_id)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
+            raise ValueError(f"ttl {ttl!r}: want whole seconds in 1..{MAX_TTL}")
+        self.op_counts["put_member"] += 1
+        await self._pass()
+        timer = self._backend.expiry.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._members[member_id] = ttl
+        self._backend.write(key, bytes(value))
+
+    async def stop_member(self, member_id: str, *, revoke: bool = True) -> None:
+        key = self._member_key(member_id)
+        ttl = self._members.pop(member_id, None)
+        if ttl is None:
+            return
+        await self._pass()
+        if revoke:
+            self._backend.delete(key)
+            return
+        loop = asyncio.get_running_loop()
+        self._backend.expiry[key] = loop.call_later(ttl * self._ttl_unit, self._backend.delete, key)
+
+    def _members_now(self) -> dict[str, bytes]:
+        return {
+            k[len(MEMBERS) :]: v for k, v in self._backend.data.items() if k.startswith(MEMBERS)
+        }
+
+    async def list_members(self) -> dict[str, bytes]:
+        self.op_counts["list_members"] += 1
+        await self._pass()
+        return self._members_now()
+
+    async def watch_members(self) -> AsyncGenerator[dict[str, bytes], None]:
+        """The member set now, then after every change; StoreUnavailable when the view closes."""
+        self.op_counts["watch_members"] += 1
+        await self._pass()
+        queue: asyncio.Queue[_End | None] = asyncio.Queue()
+        self._backend.member_listeners.add(queue)
+        self._member_queues.add(queue)
+        try:
+            members = self._members_now()
+            yield dict(members)
+            while True:
+                if isinstance(await queue.get(), _End):
+                    raise StoreUnavailable("memory store view is closed")
+                current = self._members_now()
+                if current != members:
+                    members = current
+                    yield dict(members)
+        finally:
+            self._backend.member_listeners.discard(queue)
+            self._member_queues.discard(queue)

@@ -3,10 +3,10 @@
 Starts a coordinator process (``concord serve`` with the software TEE, file store in a
 temporary directory), sets a manifest over the attested user API, then for each issuer pool size
 and each concurrency drives full join flows (Challenge + evidence + NewMeshCert over gRPC/TLS)
-from separate load processes (tests/bench/loadgen.py) and reports throughput, flow latency and
+from separate load processes (tools/bench/loadgen.py) and reports throughput, flow latency and
 the coordinator's CPU per issued certificate, read from /proc/<pid>/stat around a fixed
 measurement window. In the same run it measures the primitive baseline in process
-(tests/bench/harness.py): ``efficiency = baseline CPU / server CPU per certificate``.
+(tools/bench/harness.py): ``efficiency = baseline CPU / server CPU per certificate``.
 
 Everything is bounded in time (``--timeout``) and every process this harness starts is stopped
 at the end, also on errors and signals.
@@ -17,19 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import multiprocessing as mp
 import os
 import platform
 import queue
-import select
 import shutil
 import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +36,11 @@ from typing import Any
 
 from attestation.verify import Verifier
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client.channel import AttestedChannel, CoordinatorPolicy
+from coordinator.client.channel import AttestedChannel, CoordinatorPolicy, fetch_certificate
 from coordinator.core.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
-from coordinator.core.tlsid import SERVER_NAME
-from tests.bench import loadgen
-from tests.bench.harness import (
+from coordinator.supervisor import Supervised, SupervisorError
+from tools.bench import loadgen
+from tools.bench.harness import (
     BenchDeployment,
     PreparedRequest,
     RequestFactory,
@@ -81,23 +76,14 @@ class Children:
     """Every process this harness started, stopped on exit whatever happens."""
 
     def __init__(self) -> None:
-        self.servers: list[subprocess.Popen[bytes]] = []
+        self.servers: list[Supervised] = []
         self.loaders: list[Any] = []
 
-    def stop_server(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of its group, if any
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc in self.servers:
-            self.servers.remove(proc)
+    def stop_server(self, server: Supervised, grace: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``grace``, then whatever is left of its process group."""
+        server.stop(grace)
+        if server in self.servers:
+            self.servers.remove(server)
 
     def stop_loaders(self, grace: float = 5.0) -> None:
         deadline = time.monotonic() + grace
@@ -123,7 +109,8 @@ class Children:
 
 
 SERVER_MODULE = "coordinator.cli"
-FLOOR_MODULE = "tests.bench.rpc_floor"
+SERVER_START_TIMEOUT = 60.0
+FLOOR_MODULE = "tools.bench.rpc_floor"
 
 
 def start_server(
@@ -133,13 +120,13 @@ def start_server(
     workers: int,
     module: str = SERVER_MODULE,
     cpus: Sequence[int] | None = None,
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start a coordinator process (``cpus``: pin it, and every thread it makes, to those)."""
+) -> tuple[Supervised, dict[str, Any]]:
+    """Start a coordinator process (``cpus``: pin it, and every thread it makes, to those). It
+    gets SIGTERM if the harness dies, even by SIGKILL (Linux)."""
     store = workdir / f"store-{workers}w-{time.monotonic_ns()}"
     store.mkdir()
     policy_file = workdir / "coordinator-policy"
     policy_file.write_bytes(dep.coordinator_policy)
-    log = (workdir / f"server-{workers}w.log").open("ab")
     cmd = [
         sys.executable,
         "-m",
@@ -166,53 +153,23 @@ def start_server(
         "--issuer-workers",
         str(workers),
     ]
-    proc = subprocess.Popen(
+    server = Supervised(
         cmd,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        start_new_session=True,
+        workdir / f"server-{workers}w.log",
         cwd=_repo_root(),
-        preexec_fn=functools.partial(_prepare_server, cpus),
+        die_with_parent=True,
+        cpus=cpus,
+        name=f"coordinator ({workers} workers)",
     )
-    children.servers.append(proc)
-    log.close()
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60.0)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        children.stop_server(proc)
-        tail = (workdir / f"server-{workers}w.log").read_text(errors="replace")[-2000:]
-        raise BenchError(f"coordinator did not report its addresses; log tail:\n{tail}")
-    info: dict[str, Any] = json.loads(line)
-    return proc, info
-
-
-def _prepare_server(cpus: Sequence[int] | None) -> None:
-    """In the child before exec: SIGTERM when the harness dies, even by SIGKILL (Linux); the
-    CPU pinning, if any, which every thread of the coordinator inherits."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
-
-def fetch_server_certificate(address: str, timeout: float = 10.0) -> bytes:
-    """The DER certificate the coordinator presents (trusted only after attestation)."""
-    host, _, port = address.rpartition(":")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection((host, int(port)), timeout=timeout) as sock,
-        ctx.wrap_socket(sock, server_hostname=SERVER_NAME) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    if not der:
-        raise BenchError("coordinator presented no certificate")
-    return der
+    children.servers.append(server)
+    try:
+        info = server.start_ready(
+            SERVER_START_TIMEOUT, accept=lambda i: i.get("event") == "serving"
+        )
+    except SupervisorError as exc:
+        children.stop_server(server)
+        raise BenchError(f"coordinator did not report its addresses: {exc}") from None
+    return server, info
 
 
 def coordinator_policy(dep: BenchDeployment) -> CoordinatorPolicy:
@@ -220,10 +177,7 @@ def coordinator_policy(dep: BenchDeployment) -> CoordinatorPolicy:
 
 
 async def set_manifest(dep: BenchDeployment, user_addr: str) -> bytes:
-    cert = fetch_server_certificate(user_addr)
-    chan = await AttestedChannel.connect(
-        user_addr, coordinator_policy(dep), pinned_certificate=cert
-    )
+    chan = await AttestedChannel.connect(user_addr, coordinator_policy(dep))
     try:
         resp = await chan.user.SetManifest(
             pb.SetManifestRequest(manifest=dep.manifest, policies=dep.policies), timeout=30
@@ -259,7 +213,7 @@ def _split(total: int, parts: int) -> list[int]:
 def run_load(
     children: Children,
     dep: BenchDeployment,
-    server: subprocess.Popen[bytes],
+    server: Supervised,
     mesh_addr: str,
     *,
     concurrency: int,
@@ -284,7 +238,7 @@ def run_load(
     go, stop = ctx.Event(), ctx.Event()
     messages = ctx.Queue()
     procs: list[Any] = []
-    cert = fetch_server_certificate(mesh_addr)
+    cert = asyncio.run(fetch_certificate(mesh_addr))
     for i, tasks in enumerate(_split(concurrency, nproc)):
         cfg = loadgen.LoadConfig(
             index=i,
@@ -313,6 +267,7 @@ def run_load(
         go.set()
         time.sleep(warmup)
         pid = server.pid
+        assert pid is not None
         threads0 = proc_thread_cpu(pid)
         t0, cpu0, n0 = time.monotonic(), proc_cpu_seconds(pid), sum(counts)
         sys0 = system_cpu_seconds()
@@ -320,7 +275,7 @@ def run_load(
         if until_certs is not None:
             next_sample = t0
             while sum(counts) - n0 < until_certs:
-                if server.poll() is not None:
+                if not server.running:
                     raise BenchError("coordinator exited during the run")
                 if time.monotonic() - t0 > time_limit:
                     break
@@ -405,7 +360,7 @@ def run_load(
 def sweep_point(
     children: Children,
     dep: BenchDeployment,
-    proc: subprocess.Popen[bytes],
+    proc: Supervised,
     info: dict[str, Any],
     concurrency: int,
     a: argparse.Namespace,
@@ -433,7 +388,7 @@ def sweep(
     """Every (repeat, concurrency, workers) point. One server per pool size, all started first;
     the pool sizes alternate within each concurrency so that drifting outside load on a shared
     machine hits them alike."""
-    servers: dict[int, tuple[subprocess.Popen[bytes], dict[str, Any]]] = {}
+    servers: dict[int, tuple[Supervised, dict[str, Any]]] = {}
     runs: list[dict[str, Any]] = []
     try:
         for workers in a.workers:
@@ -460,7 +415,7 @@ def sweep(
 def rpc_floor(
     children: Children, dep: BenchDeployment, workdir: Path, a: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """The same load against the floor server (tests/bench/rpc_floor.py): server CPU per join
+    """The same load against the floor server (tools/bench/rpc_floor.py): server CPU per join
     flow for gRPC, TLS and the servicers alone, at each concurrency of the sweep."""
     proc, info = start_server(children, dep, workdir, 0, module=FLOOR_MODULE, cpus=a.server_cpus)
     runs: list[dict[str, Any]] = []
