@@ -70,17 +70,33 @@ def report_data(purpose: str, fields: Sequence[bytes]) -> bytes:
     return hashlib.sha512(DOMAIN + purpose.encode("ascii") + b"\x00" + encoded).digest()
 
 
+MAX_DEPLOYMENT_NAME = 253
+
+
+def _deployment_bytes(deployment: str) -> bytes:
+    if not isinstance(deployment, str):
+        raise BindingError("deployment", f"must be str, not {type(deployment).__name__}")
+    raw = deployment.encode("utf-8")
+    if len(raw) > MAX_DEPLOYMENT_NAME:
+        raise BindingError("deployment", f"longer than {MAX_DEPLOYMENT_NAME} bytes")
+    return raw
+
+
 def state_digest(
     latest_transition_hash: bytes | None,
     root_ca_der: bytes | None,
     mesh_ca_der: bytes | None,
+    deployment: str = "",
 ) -> bytes:
     """Summarise the coordinator's state so a client can tell which manifest and CAs it attests.
 
     All three absent → 32 zero bytes (uninitialised). All three present →
-    SHA-256(latest ‖ SHA-256(root CA DER) ‖ SHA-256(mesh CA DER)). Anything in between is a bug
-    in the caller and is refused rather than papered over.
+    SHA-256(latest ‖ SHA-256(root CA DER) ‖ SHA-256(mesh CA DER)), followed by
+    ‖ SHA-256(deployment name) when the coordinator is configured with one (DESIGN §12: the
+    name is attested, so a coordinator of deployment B is never taken for one of A). Anything
+    in between is a bug in the caller and is refused rather than papered over.
     """
+    deployment_raw = _deployment_bytes(deployment)
     parts = (latest_transition_hash, root_ca_der, mesh_ca_der)
     if all(p is None for p in parts):
         return UNINITIALISED_STATE_DIGEST
@@ -101,6 +117,7 @@ def state_digest(
         latest_transition_hash
         + hashlib.sha256(root_ca_der).digest()
         + hashlib.sha256(mesh_ca_der).digest()
+        + (hashlib.sha256(deployment_raw).digest() if deployment_raw else b"")
     ).digest()
 
 
@@ -115,19 +132,49 @@ def attest_report_data(
     return report_data(PURPOSE_ATTEST, [tls_spki, hpke_pub, nonce, state_digest])
 
 
-def mesh_cert_report_data(leaf_spki: bytes, hpke_pub: bytes, token: bytes) -> bytes:
-    """Report data of ``MeshAPI.NewMeshCert``: binds the leaf key, HPKE key and challenge."""
+def mesh_cert_report_data(
+    leaf_spki: bytes,
+    hpke_pub: bytes,
+    token: bytes,
+    hpke_offer: tuple[bytes, bytes] | None = None,
+) -> bytes:
+    """Report data of ``MeshAPI.NewMeshCert``: binds the leaf key, HPKE key and challenge.
+
+    ``hpke_offer`` = (offered suite ids, hybrid public key) when the requester offers a
+    post-quantum suite; it is appended so stripping it is detected, and absent otherwise so
+    the classic bytes stay what they always were.
+    """
     _require_nonempty("leaf_spki", leaf_spki)
     _require_len("hpke_pub", hpke_pub, HPKE_PUBLIC_KEY_SIZE)
     _require_nonempty("token", token)
-    return report_data(PURPOSE_MESH_CERT, [leaf_spki, hpke_pub, token])
+    return report_data(PURPOSE_MESH_CERT, [leaf_spki, hpke_pub, token, *_offer(hpke_offer)])
 
 
-def peer_recover_report_data(hpke_pub: bytes, token: bytes) -> bytes:
-    """Report data of ``MeshAPI.Recover``: binds the requester's HPKE key and challenge."""
+def peer_recover_report_data(
+    hpke_pub: bytes,
+    token: bytes,
+    deployment: str = "",
+    hpke_offer: tuple[bytes, bytes] | None = None,
+) -> bytes:
+    """Report data of ``MeshAPI.Recover``: binds the requester's HPKE key, the challenge and,
+    when configured, the deployment name the requester serves (DESIGN §12), so a coordinator
+    of another deployment can never receive the secrets. With a post-quantum ``hpke_offer``
+    the list is always [key, token, name (maybe empty), suite ids, hybrid key]."""
     _require_len("hpke_pub", hpke_pub, HPKE_PUBLIC_KEY_SIZE)
     _require_nonempty("token", token)
-    return report_data(PURPOSE_PEER_RECOVER, [hpke_pub, token])
+    name = _deployment_bytes(deployment)
+    if hpke_offer is not None:
+        return report_data(PURPOSE_PEER_RECOVER, [hpke_pub, token, name, *_offer(hpke_offer)])
+    return report_data(PURPOSE_PEER_RECOVER, [hpke_pub, token, *([name] if name else [])])
+
+
+def _offer(hpke_offer: tuple[bytes, bytes] | None) -> list[bytes]:
+    if hpke_offer is None:
+        return []
+    suite_ids, public = hpke_offer
+    _require_nonempty("hpke_suite_ids", suite_ids)
+    _require_nonempty("hpke_pq_public_key", public)
+    return [suite_ids, public]
 
 
 def _require_bytes(field: str, value: object) -> bytes:

@@ -27,15 +27,10 @@ from attestation import anchors as anchors_mod
 from attestation.errors import EvidenceRejected, InvalidReferenceValues, SizeLimitExceeded
 from attestation.evidence import MAX_ENVELOPE, Evidence, from_raw, sniff
 from attestation.reference import (
-    SNP_PLATFORM_BITS,
-    SNP_POLICY_PERMISSIVE,
     SNP_PRODUCTS,
     TDX_TCB_STATUSES,
     ReferenceValues,
-    SnpGuestPolicy,
-    SnpReference,
     SnpTcb,
-    TdxReference,
     parse_reference_values,
 )
 
@@ -339,38 +334,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # --- verify ----------------------------------------------------------------------------------
 
 
-def permissive_snp_references(measurement: bytes) -> tuple[SnpReference, ...]:
-    """References that admit any authentic report with this measurement (every product).
-
-    Everything a reference can forbid is allowed: DEBUG and the other relaxing policy bits, any
-    platform info bit, any VMPL, VLEK, any TCB. Only the cryptography and bindings remain.
-    """
-    return tuple(
-        SnpReference(
-            product=product,
-            measurement=measurement,
-            minimum_tcb=SnpTcb(),
-            guest_policy=SnpGuestPolicy(allowed=frozenset(SNP_POLICY_PERMISSIVE)),
-            platform_allowed=frozenset(SNP_PLATFORM_BITS),
-            allow_vlek=True,
-            allowed_vmpls=(0, 1, 2, 3, 0xFFFFFFFF),
-        )
-        for product in SNP_PRODUCTS
-    )
-
-
-def permissive_tdx_reference(mr_td: bytes, td_attributes: bytes) -> TdxReference:
-    """A reference admitting any authentic quote with this MRTD (DEBUG included).
-
-    TCB statuses other than Revoked are accepted; the status is printed, not judged.
-    """
-    return TdxReference(
-        mr_td=mr_td,
-        td_attributes=td_attributes,
-        accepted_tcb_statuses=AUTHENTICITY_TCB_STATUSES,
-    )
-
-
 class ReferenceRejected(Exception):
     """Authentic evidence that the reference values refuse: both verdicts are reported."""
 
@@ -452,7 +415,7 @@ def _verify_tdx(
     refs: ReferenceValues | None,
     now: datetime,
 ) -> dict[str, Any]:
-    from attestation.tdx.collateral import TdxCollateral
+    from attestation.tdx.collateral_model import TdxCollateral
     from attestation.tdx.policy import match_references
     from attestation.tdx.verify import authenticate_tdx
 

@@ -19,7 +19,7 @@ from attestation.errors import MalformedEvidence, PolicyViolation
 from attestation.evidence import Evidence
 from attestation.reference import ReferenceValues, SnpReference, TdxReference
 from attestation.snp.verify import verify_snp
-from attestation.tdx.collateral import TdxCollateral
+from attestation.tdx.collateral_model import TdxCollateral
 from attestation.tdx.verify import verify_tdx
 
 

@@ -15,11 +15,10 @@ from attestation.collateral.cache import CacheEntry
 from attestation.collateral.errors import UpstreamResponseInvalid
 from attestation.collateral.fetch import Upstream
 from attestation.collateral.keys import VcekKey
+from attestation.collateral.upstreams import AMD_KDS
 from attestation.errors import EvidenceRejected
 from attestation.snp.certs import verify_key_chain
 from attestation.snp.tcb import tcb_components
-
-AMD_KDS = "https://kdsintf.amd.com"
 
 
 def vcek_path(key: VcekKey) -> str:

@@ -22,7 +22,8 @@ from attestation.snp.tcb import decode_tcb
 from attestation.tdx.pck import sgx_extensions_of
 from attestation.tdx.quote import parse_quote
 
-PCK_CAS = {"Intel SGX PCK Platform CA": "platform", "Intel SGX PCK Processor CA": "processor"}
+# The PCK CRL is per issuing CA; its common name ends in one of these (Intel's, and the mock's).
+PCK_CAS = {"SGX PCK Platform CA": "platform", "SGX PCK Processor CA": "processor"}
 _SAFE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,160}$")
 
 
@@ -99,6 +100,7 @@ def tdx_key(quote: bytes) -> TdxKey:
             raise MalformedEvidence("PCK certificate is not DER X.509") from None
     issuer = pck.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     issuer_cn = str(issuer[0].value) if issuer else ""
-    if issuer_cn not in PCK_CAS:
-        raise CertificateExtensionInvalid(f"PCK issuer {issuer_cn!r} is not an Intel PCK CA")
-    return TdxKey(fmspc=sgx_extensions_of(pck).fmspc, ca=PCK_CAS[issuer_cn])
+    for suffix, ca in PCK_CAS.items():
+        if issuer_cn.endswith(suffix):
+            return TdxKey(fmspc=sgx_extensions_of(pck).fmspc, ca=ca)
+    raise CertificateExtensionInvalid(f"PCK issuer {issuer_cn!r} is not an SGX PCK CA")

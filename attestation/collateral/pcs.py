@@ -29,6 +29,7 @@ from attestation.anchors import TrustAnchors
 from attestation.collateral.cache import QE_IDENTITY_NAME, ROOT_CRL_NAME, CacheEntry
 from attestation.collateral.errors import UpstreamResponseInvalid
 from attestation.collateral.fetch import Response, Upstream
+from attestation.collateral.upstreams import INTEL_PCS
 from attestation.errors import CollateralExpired, CollateralRejected
 from attestation.tdx.collateral_model import CollateralMismatch, extract_signed_json
 from attestation.tdx.collateral_parse import _load_crl, parse_qe_identity, parse_tcb_info
@@ -40,7 +41,6 @@ from attestation.tdx.pck import (
     verify_signer_chain,
 )
 
-INTEL_PCS = "https://api.trustedservices.intel.com"
 ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 TCB_INFO_CHAIN_HEADER = "tcb-info-issuer-chain"
 QE_IDENTITY_CHAIN_HEADER = "sgx-enclave-identity-issuer-chain"

@@ -18,9 +18,10 @@ import httpx
 from attestation.anchors import TrustAnchors
 from attestation.collateral.cache import CollateralDir
 from attestation.collateral.fetch import ExponentialRetry, RetryPolicy, Sleep, Upstream
-from attestation.collateral.kds import AMD_KDS, KdsClient
-from attestation.collateral.pcs import INTEL_PCS, PcsClient
+from attestation.collateral.kds import KdsClient
+from attestation.collateral.pcs import PcsClient
 from attestation.collateral.service import CollateralService, Filled
+from attestation.collateral.upstreams import AMD_KDS, INTEL_PCS
 from attestation.errors import EvidenceRejected
 from attestation.evidence import Evidence
 

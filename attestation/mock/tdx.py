@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attestation.anchors import TrustAnchors
-from attestation.tdx.collateral import TdxCollateral
+from attestation.tdx.collateral_model import TdxCollateral
 from attestation.tdx.pck import (
     SGX_EXTENSION_OID,
     PlatformConfiguration,

@@ -3,7 +3,7 @@
 The mock hierarchy lives in :mod:`attestation.mock.tdx` and is imported explicitly.
 """
 
-from attestation.tdx.collateral import TdxCollateral, load_collateral_json
+from attestation.tdx.collateral_model import TdxCollateral, load_collateral_json
 from attestation.tdx.quote import TdxQuote, parse_quote
 from attestation.tdx.verify import MissingCollateral, TdxVerified, verify_tdx
 

@@ -7,6 +7,11 @@ through the matching ``tdxModuleIdentities`` entry) gives the platform status; t
 the QE identity statuses are converged into it (an OutOfDate component makes
 UpToDate/SWHardeningNeeded OutOfDate and the Configuration* statuses
 OutOfDateConfigurationNeeded; Revoked wins).
+
+TDX 1.5 relaunch advice: when the result is OutOfDate* and the quote's TEE_TCB_SVN_2 (the module
+loaded now, after a TD-preserving update) evaluates to UpToDate/SWHardeningNeeded (or a
+Configuration* status), the status becomes TDRelaunchAdvised (TDRelaunchAdvisedConfigurationNeeded):
+relaunching the TD would make it current. A reference must accept that status explicitly.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attestation.anchors import AnchorError, TrustAnchors
 from attestation.errors import EvidenceRejected
@@ -24,6 +24,7 @@ from attestation.providers.spec import TeeSpec, TeeSpecError, parse_tee_spec
 from coordinator.store.spec import StoreKind, StoreSpec, StoreSpecError, parse_store_spec
 
 PROG = "concord"
+T = TypeVar("T")
 
 # Defaults for a coordinator in a real CVM.
 DEFAULT_STORE = "file:/var/lib/concord"
@@ -85,6 +86,49 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: Sequence[str]) -
     sys.stdout.flush()
 
 
+def _hash_arg(text: str | None, flag: str) -> bytes | None:
+    """A 32-byte hash given as 64 hex characters (None when the flag is absent)."""
+    if text is None:
+        return None
+    try:
+        value = bytes.fromhex(text.strip().lower())
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise UsageError(f"{flag}: want 64 hex characters")
+    return value
+
+
+def _pin(args: argparse.Namespace) -> bytes | None:
+    """The deployment ID pinned with --deployment-id HEX or --root-ca FILE (DESIGN §12)."""
+    from coordinator.client.operations import VerificationFailed, deployment_id_of
+
+    pin = _hash_arg(args.deployment_id, "--deployment-id")
+    if args.root_ca is not None:
+        try:
+            from_file = deployment_id_of(_read(args.root_ca, "--root-ca"))
+        except VerificationFailed:
+            raise UsageError(f"--root-ca {args.root_ca}: not a PEM certificate") from None
+        if pin is not None and pin != from_file:
+            raise UsageError("--deployment-id and --root-ca name different deployments")
+        pin = from_file
+    return pin
+
+
+def _add_pin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--deployment-id",
+        metavar="HEX",
+        help="refuse a coordinator of another deployment (SHA-256 of the root CA's public key, "
+        "as `concord set` and `verify` print it)",
+    )
+    p.add_argument(
+        "--root-ca",
+        metavar="FILE",
+        help="refuse a coordinator whose root CA has another key than this root-ca.pem",
+    )
+
+
 def _fingerprint(pem: bytes) -> str:
     from coordinator.client.operations import cert_fingerprint
 
@@ -98,6 +142,27 @@ def _out_dir(path: str) -> Path:
         return ensure_dir(Path(path))
     except (OSError, InvalidInput) as exc:
         raise UsageError(f"--out {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+class NoAnswer(Exception):
+    """The whole client operation ran out of ``--timeout``: exit 1 with a hint."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g}s")
+        self.seconds = seconds
+
+
+def _run(coro: Coroutine[Any, Any, T], args: argparse.Namespace, *, grace: float = 0.0) -> T:
+    """Run a client operation bounded by ``--timeout`` (plus ``grace``) as a whole, so a hung
+    coordinator ends in one clear line however many round trips the operation makes."""
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(coro, args.timeout + grace)
+        except TimeoutError:
+            raise NoAnswer(args.timeout) from None
+
+    return asyncio.run(bounded())
 
 
 # --- serve ---------------------------------------------------------------------------------------
@@ -143,8 +208,93 @@ def _collateral_dir(path: str | None) -> Path | None:
     return Path(path)
 
 
+def _collateral_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    urls = tuple(args.collateral_url or ())
+    if not urls:
+        return ()
+    if args.collateral_dir is None:
+        raise UsageError("--collateral-url needs --collateral-dir DIR (where the cache lives)")
+    from attestation.collateral.warmer import parse_collateral_urls
+
+    try:
+        parse_collateral_urls(urls)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return urls
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Request limits (DESIGN §13); the defaults suit a coordinator on a public port. (No
+    import of the service here: gRPC must not load before ``cmd_serve`` quiets it.)"""
+    methods = (
+        "SetManifest, GetManifests, UserAPI/Recover, NewMeshCert, MeshAPI/Recover, Attest, "
+        "Challenge"
+    )
+    g = p.add_argument_group("request limits")
+    g.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=512,
+        metavar="N",
+        help="calls in progress per port; more are refused with RESOURCE_EXHAUSTED (default 512)",
+    )
+    g.add_argument(
+        "--max-concurrent",
+        action="append",
+        metavar="METHOD=N",
+        help="calls of one method in progress at once, process-wide; repeat for more. METHOD: "
+        f"{methods} (defaults: SetManifest=4 GetManifests=16 UserAPI/Recover=4 "
+        "MeshAPI/Recover=8 NewMeshCert=256)",
+    )
+    g.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=64,
+        metavar="N",
+        help="concurrent HTTP/2 streams one connection may open (default 64)",
+    )
+    g.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a TLS handshake not finished by then is dropped (default 10)",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a connection without a call for this long is closed (default 300)",
+    )
+    g.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="connections are closed after this long, calls in progress get 30 s (default 3600)",
+    )
+    g.add_argument(
+        "--keepalive-time",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="ping a quiet connection after this long to find dead peers (default 60); "
+        "clients may ping at most every 10 s",
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from coordinator.service.server import ServerConfig, serve, setup_logging
+    # gRPC core prints its own non-JSON lines (e.g. "E1201 ... add_port.cc") unless told not to
+    # before it is imported; our errors say the same in one line. GRPC_VERBOSITY=error restores them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from coordinator.service.server import (
+        ServerConfig,
+        StartupError,
+        preflight,
+        serve,
+        setup_logging,
+    )
 
     if _tee_spec(args.tee).is_mock and args.mock_policy is None:
         raise UsageError("--tee mock:DIR needs --mock-policy FILE (the policy the mock CVM runs)")
@@ -159,6 +309,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mock_tee_type=args.mock_tee_type,
         tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
         collateral_dir=_collateral_dir(args.collateral_dir),
+        collateral_urls=_collateral_urls(args),
         trust_anchors=args.trust_anchors,
         user_addr=args.user_addr,
         mesh_addr=args.mesh_addr,
@@ -169,18 +320,109 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         etcd_options=_etcd_options(args),
         issuer_workers=args.issuer_workers,
+        limits=_rpc_limits(args),
+        lifecycle=_lifecycle(args),
+        require_pq=args.require_pq,
     )
+    try:
+        preflight(config)  # ports in use, foreign addresses, --tee tsm outside a CVM: exit 2
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
     setup_logging(args.log_level)
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 0
+    except StartupError as exc:  # lost a race for a port between the check and the bind
+        _err(str(exc))
+        return 2
     except Exception as exc:
         if os.environ.get("CONCORD_DEBUG"):
             traceback.print_exc()
         _err(f"serve: {type(exc).__name__}: {exc}")
         return 1
     return 0
+
+
+def _duration_seconds(text: str, flag: str) -> float:
+    from coordinator.core.lifecycle import LifecycleError, parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except LifecycleError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _lifecycle(args: argparse.Namespace) -> Any:
+    """Leaf lifetime, mesh CA grace and Watch limits (DESIGN §15), checked as usage errors."""
+    from coordinator.core.lifecycle import LifecycleError, check_leaf_lifetime, parse_duration
+    from coordinator.service.feed import LifecycleConfig
+
+    try:
+        lifetime = check_leaf_lifetime(parse_duration(args.leaf_lifetime))
+        grace = parse_duration(args.mesh_ca_grace)
+    except LifecycleError as exc:
+        raise UsageError(str(exc)) from None
+    if args.max_watchers < 1:
+        raise UsageError("--max-watchers: want at least 1")
+    return LifecycleConfig(
+        leaf_lifetime=lifetime,
+        mesh_ca_grace=grace,
+        heartbeat=args.watch_heartbeat,
+        max_watchers=args.max_watchers,
+    )
+
+
+def _add_lifecycle_flags(p: argparse.ArgumentParser) -> None:
+    """Certificate lifecycle (DESIGN §15). No service import here, as for the limits."""
+    g = p.add_argument_group("certificate lifecycle")
+    g.add_argument(
+        "--leaf-lifetime",
+        default="24h",
+        metavar="DURATION",
+        help="validity of issued leaves, e.g. 1h, 24h, 7d (default 24h: a leaf of a vanished "
+        "workload stops being trusted within a day, and workloads survive a coordinator outage "
+        "of about half a day since agents renew at half the lifetime)",
+    )
+    g.add_argument(
+        "--mesh-ca-grace",
+        default="10m",
+        metavar="DURATION",
+        help="after an update, mesh-ca.pem bundles keep the previous mesh CA this long so "
+        "connections across the switch keep working; 0 = strict (default 10m)",
+    )
+    g.add_argument(
+        "--watch-heartbeat",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="heartbeat interval of MeshAPI.Watch streams (default 15)",
+    )
+    g.add_argument(
+        "--max-watchers",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="concurrent MeshAPI.Watch streams (joined agents); more are refused (default 4096)",
+    )
+
+
+def _rpc_limits(args: argparse.Namespace) -> Any:
+    """The request limits of DESIGN §13 from the serve flags (a bad value is a usage error)."""
+    from coordinator.service.limits import DEFAULT_METHOD_CONCURRENCY, RpcLimits, method_limits
+
+    try:
+        return RpcLimits(
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            method_concurrency=method_limits(args.max_concurrent or (), DEFAULT_METHOD_CONCURRENCY),
+            max_streams_per_connection=args.max_streams_per_connection,
+            handshake_timeout_s=args.handshake_timeout,
+            idle_timeout_s=args.idle_timeout,
+            max_connection_age_s=args.max_connection_age,
+            keepalive_time_s=args.keepalive_time,
+        )
+    except ValueError as exc:
+        raise UsageError(f"serve: {exc}") from None
 
 
 # --- set / verify / recover ----------------------------------------------------------------------
@@ -219,9 +461,21 @@ def cmd_set(args: argparse.Namespace) -> int:
     policies = [_read(p, "policy") for p in args.policy or ()]
     owner_key = _private_key(args.owner_key, "--owner-key") if args.owner_key else None
     anchors = _anchors(args.trust_anchors)
+    pin = _pin(args)
+    previous = _hash_arg(args.previous, "--previous")
     out = _out_dir(args.out)
-    result = asyncio.run(
-        set_manifest(args.coordinator, manifest, policies, anchors=anchors, owner_key=owner_key)
+    result = _run(
+        set_manifest(
+            args.coordinator,
+            manifest,
+            policies,
+            anchors=anchors,
+            owner_key=owner_key,
+            timeout=args.timeout,
+            pin=pin,
+            previous_hash=previous,
+        ),
+        args,
     )
     from coordinator.client.operations import write_file
 
@@ -248,6 +502,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             "transition_hash": result.transition_hash.hex(),
             "previous_transition_hash": result.previous_transition_hash.hex(),
             "first": result.first,
+            "deployment_id": result.deployment_id.hex(),
             "root_ca_sha256": _fingerprint(result.root_ca_pem),
             "mesh_ca_sha256": _fingerprint(result.mesh_ca_pem),
             "out": str(out),
@@ -256,6 +511,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         [
             f"manifest set ({'first manifest' if result.first else 'update'})",
             f"transition  {result.transition_hash.hex()}",
+            f"deployment  {result.deployment_id.hex()}",
             f"root CA     sha256:{_fingerprint(result.root_ca_pem)}",
             f"mesh CA     sha256:{_fingerprint(result.mesh_ca_pem)}",
             f"wrote       {', '.join(str(out / f) for f in files)}",
@@ -280,7 +536,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     manifest = _read(args.manifest, "manifest")
     anchors = _anchors(args.trust_anchors)
     out = _out_dir(args.out)
-    history = asyncio.run(fetch_and_verify_history(args.coordinator, manifest, anchors=anchors))
+    history = _run(
+        fetch_and_verify_history(
+            args.coordinator, manifest, anchors=anchors, timeout=args.timeout, pin=_pin(args)
+        ),
+        args,
+    )
     write_file(out / "root-ca.pem", history.root_ca_pem)
     write_file(out / "mesh-ca.pem", history.mesh_ca_pem)
     mdir = ensure_dir(out / "manifests", 0o755)
@@ -300,6 +561,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         args,
         {
             "latest_transition_hash": history.latest_transition_hash.hex(),
+            "deployment_id": history.deployment_id.hex(),
             "manifests": entries,
             "policies": sorted(history.policies),
             "root_ca_sha256": _fingerprint(history.root_ca_pem),
@@ -309,6 +571,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         [
             f"verified: {len(entries)} manifest(s), latest is the given manifest",
             f"latest transition  {history.latest_transition_hash.hex()}",
+            f"deployment         {history.deployment_id.hex()}",
             f"root CA            sha256:{_fingerprint(history.root_ca_pem)}",
             f"mesh CA            sha256:{_fingerprint(history.mesh_ca_pem)}",
             f"wrote              {out}/root-ca.pem, mesh-ca.pem, manifests/, policies/",
@@ -328,10 +591,54 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UsageError(f"--seedshare-key {args.seedshare_key}: not an RSA private key")
     anchors = _anchors(args.trust_anchors)
-    asyncio.run(
-        recover(args.coordinator, manifest, seedshares, key, anchors=anchors, force=args.force)
+    result = _run(
+        recover(
+            args.coordinator,
+            manifest,
+            seedshares,
+            key,
+            anchors=anchors,
+            force=args.force,
+            timeout=args.timeout,
+            pin=_pin(args),
+            expected_latest=_hash_arg(args.latest, "--latest"),
+        ),
+        args,
     )
-    _emit(args, {"recovered": True}, ["coordinator recovered"])
+    if result.pending:
+        # Threshold recovery: this coordinator keeps the share (in memory) until k arrived.
+        _emit(
+            args,
+            {
+                "recovered": False,
+                "shares_received": result.shares_received,
+                "shares_needed": result.shares_needed,
+                "transition_hash": result.transition_hash.hex(),
+                "deployment_id": result.deployment_id.hex(),
+            },
+            [
+                f"share accepted: {result.shares_received} of {result.shares_needed} "
+                "(the other owners submit theirs to the same coordinator)",
+                f"transition  {result.transition_hash.hex()}",
+                f"deployment  {result.deployment_id.hex()}",
+            ],
+        )
+        return 0
+    _emit(
+        args,
+        {
+            "recovered": True,
+            "transition_hash": result.transition_hash.hex(),
+            "deployment_id": result.deployment_id.hex(),
+            "restored_latest": result.restored,
+        },
+        [
+            "coordinator recovered"
+            + (" (the store's deleted latest was restored)" if result.restored else ""),
+            f"transition  {result.transition_hash.hex()}",
+            f"deployment  {result.deployment_id.hex()}",
+        ],
+    )
     return 0
 
 
@@ -377,7 +684,7 @@ def _join_provider(args: argparse.Namespace) -> Any:
     mock_dir = _tee_spec(args.tee).mock_dir
     if mock_dir is None:
         from attestation.providers.tsm import TsmProvider
-        from attestation.tdx.collateral import load_collateral_json
+        from attestation.tdx.collateral_model import load_collateral_json
 
         try:
             collateral = (
@@ -402,16 +709,37 @@ def _join_provider(args: argparse.Namespace) -> Any:
 def cmd_join(args: argparse.Namespace) -> int:
     from coordinator.client.operations import join
 
+    addresses = tuple(dict.fromkeys(args.coordinator))
+    args.coordinator = addresses[0]  # one address for the one-shot join and the hints
+    if not args.watch and (len(addresses) > 1 or args.on_change or args.http_addr):
+        raise UsageError("several -c, --on-change and --http-addr need --watch")
+    if args.watch and args.require_pq:
+        raise UsageError("--require-pq is not supported with --watch yet")
     provider = _join_provider(args)
     policy = _join_policy(args)
     out = _out_dir(args.out)
+    if args.watch:
+        from coordinator.cli import watch
+
+        return watch.main(
+            addresses,
+            policy,
+            provider,
+            out,
+            key_type=args.key_type,
+            pin=_pin(args),
+            first_join_timeout=args.timeout,
+            on_change=args.on_change,
+            http_addr=args.http_addr,
+            keep_previous_ca=_duration_seconds(args.keep_previous_ca, "--keep-previous-ca"),
+        )
     tty = sys.stderr.isatty()
 
     def on_wait(reason: str, attempt: int, delay: float) -> None:
         if tty:
             _err(f"waiting for the coordinator ({reason}); attempt {attempt}, next in {delay:.1f}s")
 
-    result = asyncio.run(
+    result = _run(
         join(
             args.coordinator,
             provider,
@@ -420,7 +748,13 @@ def cmd_join(args: argparse.Namespace) -> int:
             key_type=args.key_type,
             timeout=args.timeout,
             on_wait=on_wait,
-        )
+            pin=_pin(args),
+            require_pq=args.require_pq,
+        ),
+        args,
+        # join retries within --timeout by itself; the outer bound only cuts an attempt that
+        # hangs past it (a coordinator that accepts connections but never answers).
+        grace=1.0,
     )
     _emit(
         args,
@@ -447,6 +781,7 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # before gRPC loads: no core log lines
     from coordinator.cli import demo
 
     if args.workloads < 1 or args.workloads > 64:
@@ -467,12 +802,60 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_common_client(p: argparse.ArgumentParser, *, user_port: bool = True) -> None:
-    port = "user API (default port 1313)" if user_port else "mesh API (default port 7777)"
+def _address_arg(default_port: int | None, *, bind: bool = False) -> Callable[[str], str]:
+    """An argparse type: a checked ``HOST:PORT`` in canonical form (IPv6 bracketed); ``HOST``
+    alone takes ``default_port``; binds also take port 0 (any free port)."""
+    from coordinator.core.address import AddressError, parse_address
+
+    def parse(text: str) -> str:
+        try:
+            return str(parse_address(text, default_port=default_port, allow_any_port=bind))
+        except AddressError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "address"  # argparse names the type in its messages
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"want 0 < SECONDS <= 86400, got {text}")
+    return value
+
+
+def _add_common_client(
+    p: argparse.ArgumentParser,
+    *,
+    user_port: bool = True,
+    timeout: float = 30.0,
+    several: bool = False,
+) -> None:
+    from coordinator.core.address import DEFAULT_MESH_PORT, DEFAULT_USER_PORT
+
+    api, port = ("user", DEFAULT_USER_PORT) if user_port else ("mesh", DEFAULT_MESH_PORT)
     p.add_argument(
-        "-c", "--coordinator", required=True, metavar="HOST:PORT", help=f"coordinator {port}"
+        "-c",
+        "--coordinator",
+        required=True,
+        metavar="HOST[:PORT]",
+        type=_address_arg(port),
+        action="append" if several else "store",
+        help=f"the coordinator's {api} API (port {port} when omitted; IPv6 as [ADDR]:PORT)"
+        + ("; repeat for the other coordinators of the deployment (--watch)" if several else ""),
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=timeout,
+        metavar="SECONDS",
+        help="give up when the whole operation has not finished after this long",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(api=api)
 
 
 def _add_anchors(p: argparse.ArgumentParser, default: str | None = DEFAULT_TRUST_ANCHORS) -> None:
@@ -494,13 +877,41 @@ def _add_tdx_collateral(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` shows every real default, so nobody has to read the source to learn what a
+    coordinator binds or which store it opens; flags without one (None, off) say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "default" in text
+            or not action.option_strings
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """Every subcommand's parser (also those other modules register) gets :class:`_DefaultsHelp`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Concord: attestation-aware coordinator for confidential computing.",
         epilog="Exit codes: 0 success, 1 refused or unverifiable, 2 usage error.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
 
     # serve
     p = sub.add_parser(
@@ -512,7 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store",
         default=DEFAULT_STORE,
-        help=f"file:DIR or etcd://HOST:PORT[,...] ({DEFAULT_STORE})",
+        help="file:DIR or etcd://HOST:PORT[,...]",
     )
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy the mock CVM runs (--tee mock)")
@@ -523,21 +934,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="vendor collateral directory (concord collateral fetch): VCEKs and TDX collateral "
         "that evidence (incoming, and this CVM's own) does not carry",
     )
-    p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
+    p.add_argument(
+        "--collateral-url",
+        action="append",
+        metavar="[kds=|pcs=]URL",
+        help="keep --collateral-dir warm for the evidence seen, from AMD KDS (kds=URL), Intel "
+        "PCS or a PCCS (pcs=URL), a proxy serving both (URL) or the vendors ('default')",
+    )
+    p.add_argument(
+        "--mock-tee-type", choices=("snp", "tdx"), default="snp", help="evidence the mock CVM makes"
+    )
     _add_anchors(p)
-    p.add_argument("--user-addr", default="0.0.0.0:1313", metavar="HOST:PORT")
-    p.add_argument("--mesh-addr", default="0.0.0.0:7777", metavar="HOST:PORT")
-    p.add_argument("--http-addr", default="0.0.0.0:9102", metavar="HOST:PORT")
+    p.add_argument(
+        "--require-pq",
+        action="store_true",
+        help="refuse workloads and peers that offer no post-quantum HPKE suite "
+        "(ML-KEM-768 + X25519) for their sealed secrets",
+    )
+    bind = "0.0.0.0 or [::] for every interface; port 0 = any free port"
+    p.add_argument(
+        "--user-addr",
+        default="127.0.0.1:1313",
+        type=_address_arg(1313, bind=True),
+        metavar="HOST[:PORT]",
+        help=f"user API: set, verify, recover ({bind})",
+    )
+    p.add_argument(
+        "--mesh-addr",
+        default="127.0.0.1:7777",
+        type=_address_arg(7777, bind=True),
+        metavar="HOST[:PORT]",
+        help="mesh API: join, peer recovery",
+    )
+    p.add_argument(
+        "--http-addr",
+        default="127.0.0.1:9102",
+        type=_address_arg(9102, bind=True),
+        metavar="HOST[:PORT]",
+        help="plain HTTP: /healthz /readyz /startupz /metrics",
+    )
     p.add_argument("--deployment", default="default", help="deployment name (etcd key prefix)")
-    p.add_argument("--peer", action="append", metavar="HOST:PORT", help="static peer (mesh API)")
-    p.add_argument("--advertise-mesh-addr", metavar="HOST:PORT", help="mesh address for peers")
+    p.add_argument(
+        "--peer",
+        action="append",
+        type=_address_arg(7777),
+        metavar="HOST[:PORT]",
+        help="static peer (its mesh API); repeat for more",
+    )
+    p.add_argument(
+        "--advertise-mesh-addr",
+        type=_address_arg(7777),
+        metavar="HOST[:PORT]",
+        help="mesh address peers reach this coordinator at (default: the bound --mesh-addr)",
+    )
     p.add_argument("--node-id", help="member ID (default random)")
     p.add_argument(
         "--issuer-workers",
         type=_non_negative_int,
         help="issuance threads (default CPU count; 0 issues inline on the event loop)",
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add_limit_flags(p)
+    _add_lifecycle_flags(p)
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="JSON log lines on stderr at this level and above",
+    )
     p.add_argument("--etcd-ca", metavar="FILE", help="CA bundle: enables TLS to etcd")
     p.add_argument("--etcd-cert", metavar="FILE", help="client certificate for etcd")
     p.add_argument("--etcd-key", metavar="FILE", help="client key for etcd")
@@ -575,6 +1038,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its state, the deployment can never be recovered",
     )
     _add_anchors(p)
+    _add_pin(p)
+    p.add_argument(
+        "--previous",
+        metavar="HASH",
+        help="update only if the latest transition is exactly HASH (compare-and-swap)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_set)
 
@@ -589,6 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_client(p)
     p.add_argument("manifest", metavar="MANIFEST")
     _add_anchors(p)
+    _add_pin(p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_verify)
 
@@ -609,6 +1079,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recover even while a ready peer exists (mints a new mesh key: splits the mesh)",
     )
     _add_anchors(p)
+    _add_pin(p)
+    p.add_argument(
+        "--latest",
+        metavar="HASH",
+        help="the latest transition to recover when the store lost its latest (default: "
+        "MANIFEST's first-generation transition); otherwise it must equal the store's",
+    )
     p.set_defaults(func=cmd_recover)
 
     # join
@@ -619,11 +1096,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cert.pem, chain.pem, mesh-ca.pem, root-ca.pem and workload-secret (0600, when the "
         "policy has a secret ID) to --out. Retries while the coordinator is not ready.",
     )
-    _add_common_client(p, user_port=False)
+    _add_common_client(p, user_port=False, timeout=60.0, several=True)
+    _add_pin(p)
     p.add_argument("--tee", default=DEFAULT_TEE, help=f"tsm or mock:DIR (default {DEFAULT_TEE})")
     p.add_argument("--mock-policy", metavar="FILE", help="policy this mock CVM runs")
     _add_tdx_collateral(p)
-    p.add_argument("--mock-tee-type", choices=("snp", "tdx"), default="snp")
+    p.add_argument(
+        "--mock-tee-type", choices=("snp", "tdx"), default="snp", help="evidence the mock CVM makes"
+    )
     _add_anchors(p, default=None)
     p.add_argument(
         "--coordinator-policy-hash",
@@ -636,8 +1116,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinator reference values JSON (default with mock:DIR: DIR/reference-values.json)",
     )
     p.add_argument("--key-type", default="p256", choices=("p256", "p384", "ed25519"))
-    p.add_argument("--timeout", type=float, default=60.0, help="give up after SECONDS (60)")
+    p.add_argument(
+        "--require-pq",
+        action="store_true",
+        help="offer only the post-quantum HPKE suite (ML-KEM-768 + X25519) for the workload "
+        "secret and refuse any other answer",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
+    g = p.add_argument_group(
+        "long-running agent (--watch)",
+        "Keep the credentials current: renew at half the leaf lifetime (±10 %) and after every "
+        "update or recovery, re-attesting the coordinator on every reconnect. Each set is "
+        "written to DIR/set-N and DIR/current is switched to it in one rename (DIR/key.pem etc. "
+        "link through current/). Exits 1 only when the leaf expired without renewal, or when no "
+        "first leaf came within --timeout.",
+    )
+    g.add_argument("--watch", action="store_true", help="keep running and renewing")
+    g.add_argument(
+        "--keep-previous-ca",
+        default="10m",
+        metavar="DURATION",
+        help="keep the previous mesh CA in mesh-ca.pem this long when the coordinator no longer "
+        "sends it (after a restart or a user recovery); 0 = exactly the coordinator's bundle",
+    )
+    g.add_argument(
+        "--on-change",
+        metavar="CMD",
+        help="run CMD (sh -c) after each new set; CONCORD_CREDENTIALS names its directory",
+    )
+    g.add_argument(
+        "--http-addr",
+        type=_address_arg(None, bind=True),
+        metavar="HOST:PORT",
+        help="serve /healthz /readyz /status /metrics here (ready, seconds to expiry, "
+        "renewals, failures)",
+    )
     p.set_defaults(func=cmd_join)
 
     # demo
@@ -694,10 +1207,10 @@ def _dispatch(func: Callable[[argparse.Namespace], int], args: argparse.Namespac
         _err(str(exc))
         return 2
     except (AttestationFailed, EvidenceRejected) as exc:
-        _err(f"coordinator attestation failed: {exc}")
+        _err(f"coordinator attestation failed: {exc}{_anchors_hint(exc, args)}")
         return 1
     except OperationRefused as exc:
-        _err(str(exc) + _hint(exc.reason))
+        _err(str(exc) + (_port_hint(exc.code, args) or _hint(exc.reason)))
         return 1
     except VerificationFailed as exc:
         _err(str(exc))
@@ -770,13 +1283,82 @@ def _hint(reason: str | None) -> str:
     return f" (hint: {hint})" if hint else ""
 
 
+_API_PORTS = {"user": 1313, "mesh": 7777}
+
+
+def _port_hint(code: Any, args: argparse.Namespace) -> str:
+    """UNIMPLEMENTED from our own server means the right coordinator but the other API's port:
+    both ports serve attestation, only one serves the method asked for."""
+    import grpc
+
+    if code is not grpc.StatusCode.UNIMPLEMENTED:
+        return ""
+    api = getattr(args, "api", "user")
+    other = "mesh" if api == "user" else "user"
+    port = _API_PORTS[api]
+    return (
+        f" (hint: {args.coordinator} looks like the coordinator's {other} API port; "
+        f"`concord {args.command}` talks to its {api} API: port {port} by default, "
+        f"the --{api}-addr of `concord serve`)"
+    )
+
+
+def _anchors_hint(exc: Exception, args: argparse.Namespace) -> str:
+    """Evidence that does not chain to the production roots is often the software TEE's."""
+    from attestation.errors import ChainRejected
+
+    if not isinstance(exc, ChainRejected):
+        return ""
+    spec = getattr(args, "trust_anchors", None)
+    if spec not in (None, DEFAULT_TRUST_ANCHORS):
+        return ""
+    return (
+        " (hint: its evidence does not chain to the production AMD/Intel roots; if the "
+        "coordinator runs the software TEE, pass --trust-anchors mock:DIR with the directory "
+        "of `concord mock-tee init`)"
+    )
+
+
+def _transport_hint(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a coordinator that cannot be reached, answers in the wrong protocol, or
+    does not answer at all (None: not a transport problem)."""
+    import ssl
+
+    target = getattr(args, "coordinator", None)
+    where = f" at {target}" if target else ""
+    api = getattr(args, "api", "user")
+    port = _API_PORTS.get(api, 1313)
+    if isinstance(exc, NoAnswer):
+        return (
+            f"no answer from the coordinator{where} within {exc.seconds:g}s (hint: it may be "
+            "hung or overloaded: check its /healthz and log; --timeout SECONDS waits longer)"
+        )
+    if isinstance(exc, (ssl.SSLError, ConnectionResetError, asyncio.IncompleteReadError)):
+        return (
+            f"TLS handshake with{where or ' the coordinator'} failed "
+            f"({type(exc).__name__}) (hint: not a coordinator gRPC port: the HTTP probe port "
+            f"(default 9102) speaks plain HTTP; use the {api} API, port {port} by default)"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            f"cannot reach the coordinator{where}: connection refused (hint: is it running? "
+            f"`concord serve` prints its addresses in its first line; the {api} API listens on "
+            f"port {port} by default, on loopback unless --{api}-addr says otherwise)"
+        )
+    return None
+
+
 def _describe(exc: Exception, args: argparse.Namespace) -> str:
     import grpc
 
     from coordinator.client.errors import reason_of
 
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}{_hint(reason_of(exc))}"
+        hint = _port_hint(exc.code(), args) or _hint(reason_of(exc))
+        return f"{exc.code().name}: {exc.details()}{hint}"
+    transport = _transport_hint(exc, args)
+    if transport is not None:
+        return transport
     if isinstance(exc, (ConnectionError, TimeoutError)) or (
         isinstance(exc, OSError) and exc.filename is None
     ):

@@ -61,8 +61,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     from attestation.cli import parse_time
-    from attestation.collateral.kds import AMD_KDS
-    from attestation.collateral.pcs import INTEL_PCS
+    from attestation.collateral.upstreams import AMD_KDS, INTEL_PCS
 
     group = sub.add_parser("collateral", help="fetch vendor collateral for offline verification")
     group_sub = group.add_subparsers(dest="collateral_command", metavar="COMMAND", required=True)

@@ -3,7 +3,9 @@
 A real coordinator *process* (``python -m coordinator.cli serve``) on the file store, driven by
 the same client operations the CLI uses: set a manifest, join workloads (SNP and TDX mock CVMs),
 verify the history, update the manifest with the owner key, restart the process (it comes back
-in recovery mode), recover it with the seed share, join again, and check what must hold: the
+in recovery mode), recover it with the seed share, join again. Meanwhile two workloads run the
+agent of ``concord join --watch`` and talk mutual TLS to each other throughout
+(:mod:`coordinator.cli.demo_mesh`); not one connection may fail. It checks what must hold: the
 root CA survives updates and recovery, the mesh CA changes on an update, workload secrets are
 stable. Every process started here is stopped on success, error, Ctrl-C and SIGTERM.
 """
@@ -15,8 +17,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from coordinator.cli.demo_mesh import Mesh
+from coordinator.client.agent import CredentialSet
 from coordinator.supervisor import Supervised, SupervisorError, python_env
 
 STARTUP_TIMEOUT = 60.0
@@ -287,6 +293,32 @@ def _fp(pem: bytes) -> str:
     return cert_fingerprint(pem)
 
 
+LEAF_SECONDS = 20
+"""Leaf lifetime of the demo's coordinator: renewals every ten seconds or so, while a restart
+with recovery (a few seconds) still fits well inside one leaf."""
+TIMER_RENEWALS = 2
+"""Renewals by the clock (not by an update or recovery) the demo waits for after recovery."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _agents_hold(mesh: Mesh, what: Callable[[CredentialSet], Any]) -> set[Any]:
+    """``what`` of each agent's current set (a set of one value when they agree)."""
+    return {what(w.agent.creds) if w.agent.creds else None for w in mesh.workloads}
+
+
+def _signed_by(cert_pem: bytes, ca: x509.Certificate) -> bool:
+    try:
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(ca)
+    except Exception:
+        return False
+    return True
+
+
 def _check(ok: bool, what: str) -> None:
     if not ok:
         raise DemoFailed(what)
@@ -333,8 +365,13 @@ async def run(
     seedshare_key = serialization.load_pem_private_key(files.seedshare_key.read_bytes(), None)
     assert isinstance(seedshare_key, rsa.RSAPrivateKey)
     args = serve_args(workdir, files.mock_dir, files.coordinator_policy, workdir / "store")
+    # A fixed mesh port, so the agents find the coordinator again after its restart; short
+    # leaves, so they renew while the demo runs (DESIGN §15).
+    args += ["--mesh-addr", f"127.0.0.1:{_free_port()}", "--leaf-lifetime", f"{LEAF_SECONDS}s"]
+    args += ["--watch-heartbeat", "1"]
     coordinator = CoordinatorProcess(args, workdir / "coordinator.log")
     issued = 0
+    mesh: Mesh | None = None
 
     async def join_all(tag: str) -> list[Any]:
         nonlocal issued
@@ -366,6 +403,16 @@ async def run(
         secrets_before = [(d / "workload-secret").read_bytes() for d in wl_dirs]
         progress(f"{workloads} workloads joined ({', '.join(tees)})")
 
+        with timer("mesh_start"):
+            mesh = Mesh(
+                workdir,
+                (providers[0], providers[min(1, workloads - 1)]),
+                coordinator.mesh,
+                join_policy,
+            )
+            await mesh.start()
+        progress("two workloads' agents joined; they talk mutual TLS to each other from now on")
+
         with timer("verify"):
             h1 = await fetch_and_verify_history(coordinator.user, manifest, anchors=anchors)
         _check(len(h1.manifests) == 1, "verify: expected a history of one manifest")
@@ -383,6 +430,16 @@ async def run(
             "verify: the history is not [first, update]",
         )
         progress(f"manifest updated: transition {second.transition_hash.hex()[:16]}…")
+        with timer("mesh_follow_update"):
+            await mesh.wait(
+                lambda: (
+                    _agents_hold(mesh, lambda c: c.latest_transition_hash)
+                    == {second.transition_hash}
+                ),
+                60,
+                "the agents to renew after the update",
+            )
+        progress("both agents renewed under the updated manifest, without a restart")
 
         with timer("restart"):
             code = coordinator.stop()
@@ -409,6 +466,31 @@ async def run(
         with timer("verify_recovered"):
             h3 = await fetch_and_verify_history(coordinator.user, manifest_v2, anchors=anchors)
         progress("recovered with the seed share")
+        recovered_ca = x509.load_pem_x509_certificate(h3.mesh_ca_pem)
+        with timer("mesh_follow_recovery"):
+            await mesh.wait(
+                lambda: (
+                    _agents_hold(mesh, lambda c: _signed_by(c.cert_pem, recovered_ca)) == {True}
+                ),
+                60,
+                "the agents to renew under the recovered mesh CA",
+            )
+        renewed = {w.name: w.agent.status.renewals for w in mesh.workloads}
+        with timer("mesh_renewals"):
+            await mesh.wait(
+                lambda: all(
+                    w.agent.status.renewals >= renewed[w.name] + TIMER_RENEWALS
+                    for w in mesh.workloads
+                ),
+                LEAF_SECONDS * (TIMER_RENEWALS + 1),
+                "timer renewals",
+            )
+        await mesh.stop()
+        mesh_report = mesh.report()
+        progress(
+            f"mesh: {mesh_report['connections_ok']} mutual TLS connections, "
+            f"{mesh_report['connections_failed']} failed, renewals {mesh_report['renewals']}"
+        )
 
         rejoined = await join_all("rejoin")
         secrets_after = [(d / "workload-secret").read_bytes() for d in wl_dirs]
@@ -431,6 +513,11 @@ async def run(
             "rejoined_under_recovered_mesh_ca": all(
                 r.mesh_ca_pem == h3.mesh_ca_pem for r in rejoined
             ),
+            "mesh_no_failed_connection": mesh_report["connections_failed"] == 0
+            and mesh_report["connections_ok"] > 0,
+            "mesh_agents_renewed": all(
+                n >= 3 + TIMER_RENEWALS for n in mesh_report["renewals"].values()
+            ),
         }
         failed = [name for name, ok in checks.items() if not ok]
         _check(not failed, f"checks failed: {', '.join(failed)}")
@@ -445,6 +532,8 @@ async def run(
             f"{type(exc).__name__}: {exc}" + (f"\ncoordinator log:\n{tail}" if tail else "")
         ) from exc
     finally:
+        if mesh is not None:
+            await mesh.stop()
         coordinator.stop()
 
     timer.ms["total"] = round((time.perf_counter() - started) * 1000, 1)
@@ -461,6 +550,7 @@ async def run(
             "after_recovery": _fp(h3.mesh_ca_pem),
         },
         "certificates_issued": issued,
+        "mesh": mesh_report,
         "checks": checks,
         "workdir": str(workdir),
     }
@@ -496,6 +586,9 @@ def _human(report: dict[str, Any], kept: bool) -> list[str]:
         "  timings (ms)         " + ", ".join(f"{k} {t[k]:.0f}" for k in _HUMAN_TIMINGS),
         f"  joins                {n} concurrent in {t['join']:.0f} ms, "
         f"again after recovery in {t['rejoin']:.0f} ms",
+        f"  mesh                 {report['mesh']['connections_ok']} mutual TLS connections "
+        f"between two workloads, {report['mesh']['connections_failed']} failed; agent renewals "
+        + ", ".join(f"{k}={v}" for k, v in sorted(report["mesh"]["renewals"].items())),
     ]
     if kept:
         lines.append(f"  files                {report['workdir']}")
@@ -506,6 +599,10 @@ def main(args: argparse.Namespace) -> int:
     """Entry of ``concord demo`` (called by coordinator.cli)."""
     keep = Path(args.keep) if args.keep else None
     quiet = bool(args.json)
+    # The agents' reconnect warnings during the restart are expected: the report says the rest.
+    agent_log = logging.getLogger("concord.agent")
+    agent_log.addHandler(logging.NullHandler())
+    agent_log.propagate = False
 
     def progress(msg: str) -> None:
         if not quiet:

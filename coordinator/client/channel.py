@@ -85,7 +85,10 @@ def check_state_digest(resp: pb.AttestResponse) -> None:
     if resp.latest_transition_hash or resp.root_ca_pem or resp.mesh_ca_pem:
         try:
             expected = state_digest(
-                resp.latest_transition_hash, _der(resp.root_ca_pem), _der(resp.mesh_ca_pem)
+                resp.latest_transition_hash,
+                _der(resp.root_ca_pem),
+                _der(resp.mesh_ca_pem),
+                resp.deployment,
             )
         except ValueError as exc:
             raise AttestationFailed(f"attest response: malformed state ({exc})") from None

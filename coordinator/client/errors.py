@@ -29,10 +29,11 @@ RETRY_REASONS = frozenset(
         "token_expired",
         "token_wrong_transition",
         "concurrent_update",
+        "too_many_requests",
     }
 )
-"""Refusals that a later attempt may not meet: the coordinator is starting or recovering, or
-the history moved under the caller's challenge or request."""
+"""Refusals that a later attempt may not meet: the coordinator is starting, recovering or at a
+concurrency limit, or the history moved under the caller's challenge or request."""
 
 TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Codes that mean "not reached / not answered in time", with or without a reason."""

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import random
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from attestation.binding import mesh_cert_report_data
 from attestation.errors import EvidenceRejected
 from attestation.providers.base import EvidenceProvider, ProviderError
 from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.backoff import MONOTONIC, Backoff, Clock
 from coordinator.client.channel import (
     AttestationFailed,
     AttestedChannel,
@@ -36,6 +38,7 @@ from coordinator.client.channel import (
 )
 from coordinator.client.errors import RETRY_REASONS, TRANSPORT_CODES, reason_of, status_kind
 from coordinator.core.authz import (
+    deployment_id,
     public_spki,
     recover_message,
     rsa_pkcs1_der,
@@ -43,7 +46,6 @@ from coordinator.core.authz import (
     sign_owner,
     sign_seedshare,
 )
-from coordinator.core.backoff import MONOTONIC, Backoff, Clock
 from coordinator.core.ca import CAError, leaf_claims
 from coordinator.core.history import ZERO_HASH, HistoryError, SignedLatest, transition_hash
 from coordinator.core.limits import NONCE_SIZE
@@ -51,17 +53,26 @@ from coordinator.core.manifest import Manifest, ManifestError
 from coordinator.core.sealing import (
     PURPOSE_USER_RECOVER,
     PURPOSE_WORKLOAD_SECRET,
+    HpkeSuite,
+    PqPrivateKey,
     SealingError,
+    SuiteOffer,
     UserRecoverySecret,
+    UserRecoveryShare,
+    check_answer,
     generate_keypair,
+    generate_pq_keypair,
     open_sealed,
+    open_sealed_pq,
     seal,
 )
 from coordinator.core.seedengine import (
+    SeedEngine,
     SeedEngineError,
     SeedShareDocument,
     decrypt_seed_share,
 )
+from coordinator.core.threshold import SeedShare, ThresholdError
 from coordinator.errors import ConcordError, Status
 
 RPC_TIMEOUT = 30.0
@@ -99,6 +110,40 @@ class VerificationFailed(ConcordError):
 
     reason = "verification_failed"
     status = Status.PERMISSION_DENIED
+
+
+class DeploymentMismatch(VerificationFailed):
+    """The coordinator serves another deployment than the one pinned (``--deployment-id`` or
+    ``--root-ca``): a rogue coordinator, or the wrong address. Nothing was sent or written."""
+
+    reason = "deployment_mismatch"
+
+    def __init__(self, expected: bytes, served: bytes) -> None:
+        super().__init__(
+            f"deployment mismatch: expected deployment ID {expected.hex()}, the coordinator "
+            f"serves {served.hex() if served else '(none: not initialized)'}"
+        )
+        self.expected = expected
+        self.served = served
+
+
+def deployment_id_of(root_ca_pem: bytes) -> bytes:
+    """The deployment ID a root CA certificate names (SHA-256 of its SPKI DER); b"" for none."""
+    if not root_ca_pem:
+        return b""
+    try:
+        cert = x509.load_pem_x509_certificate(root_ca_pem)
+    except ValueError:
+        raise VerificationFailed("root CA: not a PEM certificate") from None
+    return deployment_id(public_spki(cert.public_key()))
+
+
+def check_pin(pin: bytes | None, root_ca_pem: bytes) -> bytes:
+    """The deployment ID served (from the attested root CA), refused unless it is ``pin``."""
+    served = deployment_id_of(root_ca_pem)
+    if pin is not None and served != pin:
+        raise DeploymentMismatch(pin, served)
+    return served
 
 
 class NotReady(ConcordError):
@@ -150,6 +195,7 @@ class SetResult:
     transition_hash: bytes
     previous_transition_hash: bytes
     seed_share_document: bytes  # only on the first manifest, else b""
+    deployment_id: bytes = b""
 
     @property
     def first(self) -> bool:
@@ -181,11 +227,15 @@ async def set_manifest(
     anchors: TrustAnchors,
     owner_key: Any = None,
     timeout: float = RPC_TIMEOUT,
+    pin: bytes | None = None,
+    previous_hash: bytes | None = None,
 ) -> SetResult:
     """Attest the coordinator against the manifest's own coordinator policy, then set it.
 
-    On an initialised coordinator this is an update: the new transition hash is computed from
-    the attested latest transition, signed with ``owner_key`` (a private key object).
+    On an initialised coordinator this is an update: the client first re-verifies the whole
+    history (chain, signature, deployment ID) and only then signs the new transition, which
+    names the deployment, with ``owner_key`` (a private key object). ``pin`` refuses another
+    deployment; ``previous_hash`` refuses unless ``latest`` is exactly that (DESIGN §12).
     """
     manifest = parse_manifest(manifest_raw)
     blobs = _check_policies(manifest, policies)
@@ -194,15 +244,27 @@ async def set_manifest(
     ) as chan:
         request = pb.SetManifestRequest(manifest=manifest_raw, policies=blobs)
         previous = ZERO_HASH
+        served = check_pin(pin, bytes(chan.attestation.root_ca_pem))
+        if not chan.initialized and previous_hash is not None and previous_hash != ZERO_HASH:
+            raise VerificationFailed(
+                f"set manifest: --previous {previous_hash.hex()} given, but the coordinator "
+                "has no manifest yet"
+            )
         if chan.initialized:
             if owner_key is None:
                 raise InvalidInput(
                     "the coordinator already has a manifest: an update needs the owner key"
                 )
             previous = bytes(chan.attestation.latest_transition_hash)
+            if previous_hash is not None and previous_hash != previous:
+                raise VerificationFailed(
+                    f"set manifest: latest is {previous.hex()}, not --previous "
+                    f"{previous_hash.hex()}"
+                )
+            await _verify_before_signing(chan, served, timeout)
             new_hash = transition_hash(manifest.digest, previous)
             try:
-                signature = sign_owner(owner_key, set_manifest_message(new_hash))
+                signature = sign_owner(owner_key, set_manifest_message(served, new_hash))
             except Exception as exc:
                 raise InvalidInput(f"owner key: {exc}") from None
             request.previous_transition_hash = previous
@@ -232,7 +294,25 @@ async def set_manifest(
             transition_hash=bytes(resp.transition_hash),
             previous_transition_hash=previous,
             seed_share_document=document,
+            deployment_id=deployment_id_of(bytes(resp.root_ca_pem)),
         )
+
+
+async def _verify_before_signing(chan: AttestedChannel, served: bytes, timeout: float) -> None:
+    """Clients verify before they sign (DESIGN §12): the whole served history must chain up to
+    the attested latest under the history signing key, in the attested deployment."""
+    try:
+        resp: pb.GetManifestsResponse = await chan.user.GetManifests(
+            pb.GetManifestsRequest(), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise _refused("get manifests", exc) from None
+    if not resp.manifests:
+        raise VerificationFailed("history: the coordinator returned no manifests")
+    history = verify_history(resp, bytes(resp.manifests[-1]))
+    _check_attested(history, chan)
+    if bytes(resp.deployment_id) and bytes(resp.deployment_id) != served:
+        raise VerificationFailed("history: the deployment ID differs from the attested root CA's")
 
 
 def _check_seed_share_document(document: bytes, manifest: Manifest) -> None:
@@ -259,6 +339,10 @@ class VerifiedHistory:
     mesh_ca_pem: bytes
     latest_transition_hash: bytes
     history_signing_public_key: bytes
+
+    @property
+    def deployment_id(self) -> bytes:
+        return deployment_id_of(self.root_ca_pem)
 
 
 def verify_history(resp: pb.GetManifestsResponse, manifest_raw: bytes) -> VerifiedHistory:
@@ -318,13 +402,19 @@ def verify_history(resp: pb.GetManifestsResponse, manifest_raw: bytes) -> Verifi
 
 
 async def fetch_and_verify_history(
-    address: str, manifest_raw: bytes, *, anchors: TrustAnchors, timeout: float = RPC_TIMEOUT
+    address: str,
+    manifest_raw: bytes,
+    *,
+    anchors: TrustAnchors,
+    timeout: float = RPC_TIMEOUT,
+    pin: bytes | None = None,
 ) -> VerifiedHistory:
     """Attest against the manifest, fetch the history, and re-verify it end to end."""
     manifest = parse_manifest(manifest_raw)
     async with await AttestedChannel.connect(
         address, manifest_policy(manifest, anchors), timeout=timeout
     ) as chan:
+        check_pin(pin, bytes(chan.attestation.root_ca_pem))
         try:
             resp: pb.GetManifestsResponse = await chan.user.GetManifests(
                 pb.GetManifestsRequest(), timeout=timeout
@@ -332,17 +422,87 @@ async def fetch_and_verify_history(
         except grpc.aio.AioRpcError as exc:
             raise _refused("get manifests", exc) from None
         history = verify_history(resp, manifest_raw)
-        att = chan.attestation
-        if history.latest_transition_hash != att.latest_transition_hash:
-            raise VerificationFailed("history: latest transition differs from the attested one")
-        if _pem_der(history.root_ca_pem, "root CA") != _pem_der(att.root_ca_pem, "root CA"):
-            raise VerificationFailed("history: root CA differs from the attested one")
-        if _pem_der(history.mesh_ca_pem, "mesh CA") != _pem_der(att.mesh_ca_pem, "mesh CA"):
-            raise VerificationFailed("history: mesh CA differs from the attested one")
+        _check_attested(history, chan)
         return history
 
 
+def _check_attested(history: VerifiedHistory, chan: AttestedChannel) -> None:
+    att = chan.attestation
+    if history.latest_transition_hash != att.latest_transition_hash:
+        raise VerificationFailed("history: latest transition differs from the attested one")
+    if _pem_der(history.root_ca_pem, "root CA") != _pem_der(att.root_ca_pem, "root CA"):
+        raise VerificationFailed("history: root CA differs from the attested one")
+    if _pem_der(history.mesh_ca_pem, "mesh CA") != _pem_der(att.mesh_ca_pem, "mesh CA"):
+        raise VerificationFailed("history: mesh CA differs from the attested one")
+
+
 # --- recover -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoverResult:
+    """What the coordinator serves after the recovery, as checked by the client."""
+
+    transition_hash: bytes
+    deployment_id: bytes
+    restored: bool
+    """The store had no ``latest`` (deleted): the named transition was restored."""
+    shares_received: int = 0
+    shares_needed: int = 0
+    """Threshold recovery (k > 1): shares the coordinator holds and needs; 0 for whole seeds."""
+
+    @property
+    def pending(self) -> bool:
+        """The coordinator waits for more owners' shares; nothing was recovered yet."""
+        return self.shares_received < self.shares_needed
+
+
+def expected_from_history(
+    resp: pb.GetHistoryResponse,
+    manifest_raw: bytes,
+    engine: SeedEngine | None,
+    named: bytes | None = None,
+) -> tuple[bytes, bool]:
+    """The latest transition to name in a recovery, and whether ``latest`` will be (re)written.
+
+    The store's chain as served must chain up and be signed by the history key of this seed.
+    Without ``named`` it must end with the user's manifest; with ``named`` (``--latest``) the
+    store's latest is that transition, or an ancestor of it the coordinator moves forward
+    (the coordinator checks the descent), or absent (deleted: restored). With neither a
+    ``latest`` nor ``named``, the manifest's first-generation transition is named.
+
+    A threshold share holder has no seed (``engine`` None): the signature is checked by the
+    coordinator once k shares made the seed, and the result by :func:`recover` afterwards."""
+    if not resp.latest_transition_hash:
+        return named or transition_hash(hashlib.sha256(manifest_raw).digest(), ZERO_HASH), True
+    manifests = [bytes(m) for m in resp.manifests]
+    previous = ZERO_HASH
+    for raw in manifests:
+        previous = transition_hash(hashlib.sha256(raw).digest(), previous)
+    latest = bytes(resp.latest_transition_hash)
+    if not manifests or previous != latest:
+        raise VerificationFailed(
+            f"recover: the store's manifests do not chain up to its latest {latest.hex()}"
+        )
+    try:
+        if engine is not None:
+            SignedLatest(latest, bytes(resp.latest_signature)).verify(
+                engine.history_signing_key.public_key()
+            )
+    except HistoryError:
+        raise VerificationFailed(
+            f"recover: the store's latest {latest.hex()} is not signed with this seed "
+            "(another deployment, or a tampered store)"
+        ) from None
+    if named is not None and named != latest:
+        return named, True  # rolled back behind what the owner names: moved forward
+    if manifests[-1] != manifest_raw:
+        raise VerificationFailed(
+            f"recover: the store's latest manifest is {_sha256_hex(manifests[-1])}, not the "
+            f"one given ({_sha256_hex(manifest_raw)}); refusing to recover another history "
+            "(if the store was rolled back, name the latest transition you set)"
+        )
+    return latest, False
 
 
 async def recover(
@@ -354,8 +514,17 @@ async def recover(
     anchors: TrustAnchors,
     force: bool = False,
     timeout: float = RPC_TIMEOUT,
-) -> None:
-    """Hand the seed (sealed to the attested coordinator) to a coordinator in recovery mode."""
+    pin: bytes | None = None,
+    expected_latest: bytes | None = None,
+) -> RecoverResult:
+    """Hand the seed (sealed to the attested coordinator) to a coordinator in recovery mode,
+    naming the latest transition it recovers, then check what the coordinator serves.
+
+    The expected transition comes from the store's chain, verified with the history key
+    derived from the seed and required to end with the user's manifest; when the store has
+    no ``latest`` (it was deleted) it is ``expected_latest``, or the manifest's first-generation
+    transition.
+    """
     manifest = parse_manifest(manifest_raw)
     if not isinstance(seedshare_key, rsa.RSAPrivateKey):
         raise InvalidInput("seed-share key: must be an RSA private key")
@@ -369,29 +538,77 @@ async def recover(
     share = doc.share_for(owner)
     if share is None:
         raise InvalidInput("seed shares: no share for this seed-share key")
+    if doc.threshold != manifest.seedshare_threshold:
+        raise InvalidInput(
+            f"seed shares: threshold {doc.threshold}, the manifest says "
+            f"{manifest.seedshare_threshold}"
+        )
     # Decrypt before connecting so a wrong key fails locally; the seed only leaves sealed.
+    engine: SeedEngine | None = None
+    payload: UserRecoverySecret | UserRecoveryShare
     try:
-        secret = UserRecoverySecret(seed=decrypt_seed_share(share, seedshare_key), salt=doc.salt)
-    except SeedEngineError as exc:
+        plain = decrypt_seed_share(share, seedshare_key)
+        if doc.threshold > 1:
+            part = SeedShare.decode(plain)
+            payload = UserRecoveryShare(share=plain, salt=doc.salt)
+            own_id = part.deployment_id
+        else:
+            payload = UserRecoverySecret(seed=plain, salt=doc.salt)
+            engine = SeedEngine(payload.seed, payload.salt)
+            own_id = deployment_id(public_spki(engine.root_ca_key))
+    except (SeedEngineError, ThresholdError) as exc:
         raise InvalidInput(f"seed shares: {exc}") from None
     except ValueError:
         raise InvalidInput("seed shares: the decrypted seed has an invalid size") from None
-    async with await AttestedChannel.connect(
-        address, manifest_policy(manifest, anchors), timeout=timeout
-    ) as chan:
-        sealed = seal(chan.attestation.hpke_public_key, PURPOSE_USER_RECOVER, secret.encode())
+    if pin is not None and pin != own_id:
+        raise DeploymentMismatch(pin, own_id)
+    policy = manifest_policy(manifest, anchors)
+    async with await AttestedChannel.connect(address, policy, timeout=timeout) as chan:
+        try:
+            history: pb.GetHistoryResponse = await chan.user.GetHistory(
+                pb.GetHistoryRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _refused("get history", exc) from None
+        expected, restored = expected_from_history(history, manifest_raw, engine, expected_latest)
+        sealed = seal(chan.attestation.hpke_public_key, PURPOSE_USER_RECOVER, payload.encode())
         nonce = os.urandom(NONCE_SIZE)
         request = pb.UserRecoverRequest(
             sealed_secret=sealed,
             seedshare_owner_public_key=owner,
-            signature=sign_seedshare(seedshare_key, recover_message(nonce, sealed)),
+            signature=sign_seedshare(seedshare_key, recover_message(nonce, sealed, expected)),
             nonce=nonce,
             force=force,
+            expected_latest_transition_hash=expected,
         )
         try:
-            await chan.user.Recover(request, timeout=timeout)
+            answer: pb.UserRecoverResponse = await chan.user.Recover(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _refused("recover", exc) from None
+    if answer.shares_received < answer.shares_needed:
+        return RecoverResult(
+            transition_hash=expected,
+            deployment_id=own_id,
+            restored=restored,
+            shares_received=answer.shares_received,
+            shares_needed=answer.shares_needed,
+        )
+    # Check what it serves now, on a fresh attestation (the state digest binds both).
+    async with await AttestedChannel.connect(address, policy, timeout=timeout) as after:
+        att = after.attestation
+        if bytes(att.latest_transition_hash) != expected:
+            raise VerificationFailed(
+                f"recover: the coordinator now serves transition "
+                f"{bytes(att.latest_transition_hash).hex()}, expected {expected.hex()}"
+            )
+        served = check_pin(own_id, bytes(att.root_ca_pem))
+    return RecoverResult(
+        transition_hash=expected,
+        deployment_id=served,
+        restored=restored,
+        shares_received=answer.shares_received,
+        shares_needed=answer.shares_needed,
+    )
 
 
 # --- join ----------------------------------------------------------------------------------------
@@ -431,6 +648,8 @@ def retryable(exc: BaseException) -> str | None:
         if exc.code() in TRANSPORT_CODES:
             return "coordinator unavailable"
         return None
+    if isinstance(exc, ssl.SSLError):
+        return None  # something answers, but not with a coordinator's TLS: a wrong port
     if isinstance(exc, (OSError, TimeoutError)):
         return f"coordinator unreachable ({type(exc).__name__})"
     return None
@@ -486,6 +705,21 @@ def verify_issued_chain(
     return leaf, intermediate
 
 
+def mesh_bundle(resp: pb.NewMeshCertResponse) -> bytes:
+    """What ``mesh-ca.pem`` holds: the coordinator's bundle (current mesh CA first, then the
+    previous one within its grace, DESIGN §15) when it sends one that starts with the verified
+    mesh CA, else the mesh CA alone (older coordinators)."""
+    bundle = bytes(resp.mesh_ca_bundle_pem)
+    current = bytes(resp.mesh_ca_pem)
+    if bundle.startswith(current):
+        try:
+            x509.load_pem_x509_certificates(bundle)
+        except ValueError:
+            return current
+        return bundle
+    return current
+
+
 def _pem_key(key: Any) -> bytes:
     return bytes(
         key.private_bytes(
@@ -529,10 +763,28 @@ class _Issued:
     leaf_spki: bytes
     attested_root_pem: bytes
     attested_mesh_pem: bytes
+    pq_private: PqPrivateKey | None = None
+    suite: HpkeSuite = HpkeSuite.X25519
+
+
+async def join_token(chan: AttestedChannel) -> bytes:
+    """The token for NewMeshCert: the one Attest carried (DESIGN §15), or, from a coordinator
+    that does not send one yet, a Challenge call."""
+    if chan.attestation.token:
+        return bytes(chan.attestation.token)
+    try:
+        return bytes((await chan.attest.Challenge(pb.ChallengeRequest(), timeout=10.0)).token)
+    except grpc.aio.AioRpcError as exc:
+        raise _refused("challenge", exc) from None
 
 
 async def _join_once(
-    address: str, provider: EvidenceProvider, policy: CoordinatorPolicy, key_type: str
+    address: str,
+    provider: EvidenceProvider,
+    policy: CoordinatorPolicy,
+    key_type: str,
+    pin: bytes | None = None,
+    require_pq: bool = False,
 ) -> _Issued:
     try:
         chan = await AttestedChannel.connect(address, policy, timeout=10.0)
@@ -541,22 +793,34 @@ async def _join_once(
     async with chan:
         if not chan.initialized:
             raise NotReady("not initialized")
-        try:
-            token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=10.0)).token
-        except grpc.aio.AioRpcError as exc:
-            raise _refused("challenge", exc) from None
+        check_pin(pin, bytes(chan.attestation.root_ca_pem))  # before any evidence is sent
+        token = await join_token(chan)
         leaf_key = new_leaf_key(key_type)
         leaf_spki = public_spki(leaf_key)
         hpke_private, hpke_public = generate_keypair()
-        report_data = mesh_cert_report_data(leaf_spki, hpke_public, token)
+        # Offer the hybrid post-quantum suite (and, unless required, classic X25519); the
+        # offer is bound into the evidence, so a stripped offer fails on the coordinator.
+        pq_private, pq_public = generate_pq_keypair()
+        suites = (HpkeSuite.MLKEM768_X25519,) + (() if require_pq else (HpkeSuite.X25519,))
+        offer = SuiteOffer(suites, pq_public)
+        report_data = mesh_cert_report_data(leaf_spki, hpke_public, token, offer.binding())
         evidence = (await asyncio.to_thread(provider.evidence, report_data)).encode()
         request = pb.NewMeshCertRequest(
-            evidence=evidence, leaf_public_key=leaf_spki, hpke_public_key=hpke_public, token=token
+            evidence=evidence,
+            leaf_public_key=leaf_spki,
+            hpke_public_key=hpke_public,
+            token=token,
+            hpke_suites=[pb.HpkeSuite.Name(int(s)) for s in suites],
+            pq_hpke_public_key=pq_public,
         )
         try:
             resp: pb.NewMeshCertResponse = await chan.mesh.NewMeshCert(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             raise _refused("join", exc) from None
+        try:
+            suite = check_answer(offer, resp.hpke_suite)
+        except ConcordError as exc:
+            raise VerificationFailed(f"join: {exc}") from None
         return _Issued(
             leaf_key,
             hpke_private,
@@ -564,6 +828,8 @@ async def _join_once(
             leaf_spki,
             bytes(chan.attestation.root_ca_pem),
             bytes(chan.attestation.mesh_ca_pem),
+            pq_private,
+            suite,
         )
 
 
@@ -582,8 +848,13 @@ async def join(
     timeout: float = 60.0,
     on_wait: WaitCallback | None = None,
     clock: Clock = MONOTONIC,
+    pin: bytes | None = None,
+    require_pq: bool = False,
 ) -> JoinResult:
     """Attest the coordinator, trade our evidence for a mesh certificate and secret, write them.
+
+    The workload secret comes sealed with the hybrid post-quantum suite; ``require_pq`` stops
+    offering classic X25519 at all (``join --require-pq``).
 
     Retries with jittered exponential back-off while the coordinator is unreachable, not
     initialised or in recovery mode, for at most ``timeout`` seconds; ``on_wait(reason,
@@ -597,7 +868,7 @@ async def join(
     while True:
         attempt += 1
         try:
-            issued = await _join_once(address, provider, policy, key_type)
+            issued = await _join_once(address, provider, policy, key_type, pin, require_pq)
             break
         except (AttestationFailed, EvidenceRejected, ProviderError):
             raise
@@ -625,9 +896,14 @@ async def join(
     secret = b""
     if resp.sealed_workload_secret:
         try:
-            secret = open_sealed(
-                issued.hpke_private, PURPOSE_WORKLOAD_SECRET, resp.sealed_workload_secret
-            )
+            if issued.suite is HpkeSuite.MLKEM768_X25519 and issued.pq_private is not None:
+                secret = open_sealed_pq(
+                    issued.pq_private, PURPOSE_WORKLOAD_SECRET, resp.sealed_workload_secret
+                )
+            else:
+                secret = open_sealed(
+                    issued.hpke_private, PURPOSE_WORKLOAD_SECRET, resp.sealed_workload_secret
+                )
         except SealingError:
             raise VerificationFailed("join: the sealed workload secret cannot be opened") from None
     try:
@@ -645,7 +921,7 @@ async def join(
         "key.pem": (_pem_key(issued.leaf_key), 0o600),
         "cert.pem": (cert_pem, 0o644),
         "chain.pem": (bytes(resp.certificate_chain_pem), 0o644),
-        "mesh-ca.pem": (bytes(resp.mesh_ca_pem), 0o644),
+        "mesh-ca.pem": (mesh_bundle(resp), 0o644),
         "root-ca.pem": (bytes(resp.root_ca_pem), 0o644),
     }
     if secret:

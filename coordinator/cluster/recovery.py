@@ -43,19 +43,30 @@ from attestation.binding import peer_recover_report_data
 from attestation.errors import EvidenceRejected
 from attestation.verify import VerifiedEvidence
 from coordinator.api.v1 import concord_pb2 as pb
+from coordinator.backoff import Backoff
 from coordinator.client.channel import AttestationFailed, AttestedChannel, CoordinatorPolicy
 from coordinator.client.errors import reason_of
-from coordinator.core.backoff import Backoff
-from coordinator.core.history import SignedLatest
+from coordinator.core.history import HistoryError, SignedLatest
 from coordinator.core.manifest import Manifest
+from coordinator.core.ratelimit import RepeatLimiter
 from coordinator.core.sealing import (
     PURPOSE_PEER_RECOVER,
+    HpkeSuite,
     PeerSecrets,
+    SuiteOffer,
+    check_answer,
     generate_keypair,
-    open_sealed,
+    generate_pq_keypair,
+    open_sealed_pq,
 )
 from coordinator.core.seedengine import SeedEngine
-from coordinator.core.state import ConcurrentUpdate, Guard, NotInitialized, RecoveryRejected
+from coordinator.core.state import (
+    ConcurrentUpdate,
+    Guard,
+    NotDescendant,
+    NotInitialized,
+    RecoveryRejected,
+)
 from coordinator.errors import ConcordError, Status
 from coordinator.store.base import MembershipStore, Store
 
@@ -76,6 +87,9 @@ SWEEP_INTERVAL = 5.0
 PUBLISH_INTERVAL = 0.01
 """How often readiness is compared with what was published (in memory; writes only changes)."""
 PUBLISH_RETRY = 1.0
+PEER_LOG_INTERVAL = 30.0
+"""The same complaint about the same peer is logged at most this often (retries run every few
+hundred milliseconds while a peer stays unusable); the line carries how many were held back."""
 RETRY_BACKOFF = Backoff(base=0.05, cap=2.0, jitter=0.5)
 """Between failed recovery attempts and member-watch restarts: 50 ms doubling up to 2 s, spread
 ±50 % so that coordinators that failed together do not retry together."""
@@ -188,6 +202,9 @@ class ClusterDeps:
     own_evidence_under: Callable[[Manifest], Awaitable[VerifiedEvidence]]
     on_recovery: Callable[[str], None]
     """Counts a recovery by source (``peer``, ``rekey``)."""
+    deployment: str = ""
+    """The deployment name this coordinator is configured for: bound into its peer-recovery
+    evidence, and a peer attesting another one is never recovered from (DESIGN §12)."""
 
 
 class PeerRecovery:
@@ -211,6 +228,19 @@ class PeerRecovery:
         self.rekeys = 0
         self._idle_logged = False
         self._orphaned: tuple[bytes, float] | None = None
+        self._repeats = RepeatLimiter(PEER_LOG_INTERVAL)
+
+    def _peer_log(self, level: int, peer: str, problem: str, detail: str) -> None:
+        """Log a peer's ``problem`` once per :data:`PEER_LOG_INTERVAL` (fields, not prose)."""
+        suppressed = self._repeats.allow((peer, problem))
+        if suppressed is None:
+            return
+        log.log(
+            level,
+            "peer %s for recovery",
+            problem.replace("_", " "),
+            extra={"peer": peer, "problem": problem, "detail": detail, "suppressed": suppressed},
+        )
 
     @classmethod
     def create(cls, deps: ClusterDeps) -> PeerRecovery | None:
@@ -354,7 +384,10 @@ class PeerRecovery:
         true: a user recovery mints a new mesh key and would split the deployment.
         """
         guard = self.deps.guard
-        latest = await guard.history.get_latest()
+        try:
+            latest = await guard.history.get_latest()
+        except HistoryError:
+            return False  # an unreadable latest: no peer can be serving it
         if latest is None:
             return False
         policy = self._policy_of(await self._manifest_for(latest))
@@ -370,7 +403,11 @@ class PeerRecovery:
                 async with await AttestedChannel.connect(
                     peer, policy, timeout=PROBE_TIMEOUT
                 ) as chan:
-                    if chan.attestation.latest_transition_hash == latest.transition_hash:
+                    att = chan.attestation
+                    if (
+                        att.latest_transition_hash == latest.transition_hash
+                        and att.deployment == self.deps.deployment
+                    ):
                         return True
             except asyncio.CancelledError:
                 raise
@@ -412,6 +449,11 @@ class PeerRecovery:
         latest = await guard.history.get_latest()
         if latest is None:
             return None
+        held = guard.current()
+        if held is not None and held.knows(latest.transition_hash):
+            # Our own transition or an ancestor: a rollback (DESIGN §12). Nothing to adopt; the
+            # watcher counted it and a fresh coordinator writes its own latest back.
+            return False
         self.attempts += 1
         candidates = await self._candidates(latest.transition_hash)
         if not candidates:
@@ -431,20 +473,34 @@ class PeerRecovery:
             except asyncio.CancelledError:
                 raise
             except (AttestationFailed, EvidenceRejected, RecoveryRejected) as exc:
-                log.warning("peer %s refused for recovery: %s", peer, exc)
+                self._peer_log(logging.WARNING, peer, "not_trusted", str(exc))
             except PeerRecoveryFailed as exc:
-                log.info("peer %s not usable for recovery: %s", peer, exc)
+                self._peer_log(logging.INFO, peer, "not_usable", str(exc))
             except ConcurrentUpdate:
-                log.info("the history moved while recovering from %s; retrying", peer)
+                log.info("the history moved while recovering; retrying", extra={"peer": peer})
+                return False
+            except NotDescendant as exc:
+                log.error("refusing to recover: %s", exc)
                 return False
             except grpc.aio.AioRpcError as exc:
                 # Logged by reason: the peer's message is for people and may be reworded.
                 reason = reason_of(exc) or exc.code().name.lower()
-                log.info("peer %s refused recovery: %s", peer, reason)
+                self._peer_log(logging.INFO, peer, "refused", reason)
             except Exception as exc:
-                log.info("peer %s unavailable for recovery: %s", peer, type(exc).__name__)
+                self._peer_log(logging.INFO, peer, "unavailable", type(exc).__name__)
             else:
-                log.info("recovered from peer %s", peer)
+                for problem in ("not_trusted", "not_usable", "refused", "unavailable"):
+                    self._repeats.reset((peer, problem))
+                log.info(
+                    "recovered from peer %s",
+                    peer,
+                    extra={
+                        "event": "recovered",
+                        "source": "peer",
+                        "peer": peer,
+                        "transition": latest.transition_hash.hex(),
+                    },
+                )
                 self.recoveries += 1
                 self.deps.on_recovery("peer")
                 return True
@@ -548,15 +604,38 @@ class PeerRecovery:
         async with await AttestedChannel.connect(peer, policy, timeout=PEER_TIMEOUT) as chan:
             if chan.attestation.latest_transition_hash != latest_hash:
                 raise PeerRecoveryFailed("peer does not serve the store's latest transition")
+            if chan.attestation.deployment != self.deps.deployment:
+                # Attested (bound into the state digest): a coordinator of another deployment
+                # whose keys were copied into our store is never adopted (DESIGN §12).
+                raise PeerRecoveryFailed(
+                    f"peer serves deployment {chan.attestation.deployment!r}, "
+                    f"not {self.deps.deployment!r}"
+                )
             token = (await chan.attest.Challenge(pb.ChallengeRequest(), timeout=PEER_TIMEOUT)).token
-            private, public = generate_keypair()
-            evidence = await self.deps.evidence(peer_recover_report_data(public, token))
+            # Between coordinators the secrets always travel under the hybrid post-quantum
+            # suite; the offer is bound into the evidence, so no one can strip it.
+            _, public = generate_keypair()
+            pq_private, pq_public = generate_pq_keypair()
+            offer = SuiteOffer((HpkeSuite.MLKEM768_X25519,), pq_public)
+            evidence = await self.deps.evidence(
+                peer_recover_report_data(public, token, self.deps.deployment, offer.binding())
+            )
             resp = await chan.mesh.Recover(
-                pb.MeshRecoverRequest(evidence=evidence, hpke_public_key=public, token=token),
+                pb.MeshRecoverRequest(
+                    evidence=evidence,
+                    hpke_public_key=public,
+                    token=token,
+                    hpke_suites=[pb.HPKE_SUITE_MLKEM768_X25519],
+                    pq_hpke_public_key=pq_public,
+                ),
                 timeout=PEER_TIMEOUT,
             )
+        try:
+            check_answer(offer, resp.hpke_suite)
+        except ConcordError as exc:
+            raise PeerRecoveryFailed(str(exc)) from None
         secrets = PeerSecrets.decode(
-            open_sealed(private, PURPOSE_PEER_RECOVER, resp.sealed_secrets)
+            open_sealed_pq(pq_private, PURPOSE_PEER_RECOVER, resp.sealed_secrets)
         )
         if (
             secrets.latest_transition_hash != latest_hash

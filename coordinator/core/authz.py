@@ -26,12 +26,26 @@ class SignatureError(ConcordError):
     status = Status.PERMISSION_DENIED
 
 
-def set_manifest_message(new_transition_hash: bytes) -> bytes:
-    return SET_MANIFEST_DOMAIN + new_transition_hash
+DEPLOYMENT_ID_SIZE = 32
 
 
-def recover_message(nonce: bytes, sealed: bytes) -> bytes:
-    return RECOVER_DOMAIN + nonce + hashlib.sha256(sealed).digest()
+def set_manifest_message(deployment_id: bytes, new_transition_hash: bytes) -> bytes:
+    """What a workload owner signs for an update: it names the deployment (DESIGN §12), so a
+    signature made for one deployment is worthless in another with the same history."""
+    if len(deployment_id) != DEPLOYMENT_ID_SIZE:
+        raise SignatureError(f"deployment ID: must be {DEPLOYMENT_ID_SIZE} bytes")
+    return SET_MANIFEST_DOMAIN + deployment_id + new_transition_hash
+
+
+def recover_message(nonce: bytes, sealed: bytes, expected_latest: bytes) -> bytes:
+    """What a seed-share owner signs to recover: it names the history it recovers."""
+    return RECOVER_DOMAIN + nonce + hashlib.sha256(sealed).digest() + expected_latest
+
+
+def deployment_id(root_ca_spki_der: bytes) -> bytes:
+    """The deployment's cryptographic name: SHA-256 of the root CA's SubjectPublicKeyInfo DER.
+    The root key derives from the seed, so it is stable across updates and recoveries."""
+    return hashlib.sha256(root_ca_spki_der).digest()
 
 
 def spki_digest(spki_der: bytes) -> bytes:

@@ -329,6 +329,22 @@ class History:
             return None
         return SignedLatest.decode(value)
 
+    async def get_latest_raw(self) -> bytes:
+        """The stored ``latest`` bytes as they are (``b""`` when absent), for judging them."""
+        try:
+            return bytes(await self.store.get(LATEST_KEY))
+        except KeyNotFound:
+            return b""
+
+    async def has_history(self) -> bool:
+        """Whether any manifest or transition blob is stored (with or without ``latest``)."""
+        return await self.store.has_any(MANIFESTS) or await self.store.has_any(TRANSITIONS)
+
+    async def replace_latest_raw(self, bad: bytes, new: SignedLatest) -> None:
+        """Write ``new`` over exactly the value ``bad`` (``b""``: absent); ConcurrentUpdate if the
+        store holds anything else by now (self-repair after tampering)."""
+        await self.store.compare_and_swap(LATEST_KEY, bad, new.encode())
+
     async def set_latest(self, new: SignedLatest, old: SignedLatest | None) -> None:
         """Move ``latest`` from ``old`` (None: absent) to ``new``; ConcurrentUpdate if it moved."""
         await self.store.compare_and_swap(
@@ -345,7 +361,32 @@ class History:
         A malformed value ends the iterator with :class:`MalformedBlob`."""
         return _LatestWatch(self.store.watch(LATEST_KEY))
 
+    def watch_latest_raw(self) -> AsyncIterator[bytes]:
+        """Raw new ``latest`` values (``DELETED`` on deletion), opened by this call."""
+        return self.store.watch(LATEST_KEY)
+
     # -- chain -------------------------------------------------------------------------------
+
+    async def lineage(self, from_hash: bytes, stop: bytes, limit: int) -> list[bytes]:
+        """Transition hashes before ``from_hash``, newest first, walking back until ``stop`` (which
+        is included), the all-zero root, a blob that is missing or bad, or ``limit`` steps.
+        Never raises for what the store holds: a short answer just lacks ``stop``."""
+        found: list[bytes] = []
+        current = _check_hash(from_hash, "transition hash")
+        seen = {current}
+        while len(found) < limit:
+            try:
+                transition = await self.get_transition(current)
+            except HistoryError:
+                break
+            current = transition.previous
+            if current == ZERO_HASH or current in seen:
+                break
+            seen.add(current)
+            found.append(current)
+            if current == stop:
+                break
+        return found
 
     async def walk(self, from_hash: bytes) -> list[Transition]:
         """The chain ending at ``from_hash``, oldest first, back to the all-zero root."""

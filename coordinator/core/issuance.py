@@ -17,7 +17,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +31,12 @@ from attestation.verify import VerifiedEvidence, Verifier
 from coordinator.core.ca import CA_NOT_AFTER, LEAF_BACKDATE
 from coordinator.core.challenge import check_token
 from coordinator.core.manifest import PolicyEntry
-from coordinator.core.sealing import PURPOSE_WORKLOAD_SECRET, seal
+from coordinator.core.sealing import (
+    PURPOSE_WORKLOAD_SECRET,
+    HpkeSuite,
+    SuiteOffer,
+    seal_for,
+)
 from coordinator.core.state import State
 from coordinator.errors import ConcordError, Status
 
@@ -206,6 +211,10 @@ class IssueRequest:
     hpke_public_key: bytes
     token: bytes
     now: datetime
+    offer: SuiteOffer = field(default_factory=SuiteOffer)
+    """The requester's HPKE suites; empty = classic, with unchanged report data."""
+    suite: HpkeSuite = HpkeSuite.X25519
+    """The suite chosen for the workload secret (the strongest both sides allow)."""
 
 
 def load_leaf_key(spki: bytes) -> Any:
@@ -241,6 +250,8 @@ class Issuer:
         self.state = state
         self._verifier = verifier
         self._leaf_validity = leaf_validity
+        # A renewal at half a short lifetime must get a new leaf, not a cached one.
+        self._reuse = min(LEAF_REUSE, leaf_validity / 20)
         manifest = state.manifest
         self._references = manifest.reference_values
         self._policies: Mapping[bytes, PolicyEntry] = {
@@ -273,7 +284,9 @@ class Issuer:
         """Synchronous and thread-safe: runs inside the pool."""
         check_token(self._challenge_key, req.token, self._transition, req.now.timestamp())
         key = load_leaf_key(req.leaf_spki)
-        expected = mesh_cert_report_data(req.leaf_spki, req.hpke_public_key, req.token)
+        expected = mesh_cert_report_data(
+            req.leaf_spki, req.hpke_public_key, req.token, req.offer.binding()
+        )
         verified = self._verifier.verify(req.evidence, self._references, expected, req.now)
         entry = self._policies.get(verified.policy_hash)
         if entry is None:
@@ -286,7 +299,7 @@ class Issuer:
             verified.tcb,
         )
         cached = self._leaves.get(cache_key)
-        if cached is not None and timedelta(0) <= req.now - cached[0] < LEAF_REUSE:
+        if cached is not None and timedelta(0) <= req.now - cached[0] < self._reuse:
             leaf_pem = cached[1]
         else:
             leaf_pem = self._sign_leaf(key, entry, verified, req.now).public_bytes(
@@ -295,8 +308,10 @@ class Issuer:
             self._leaves.put(cache_key, (req.now, leaf_pem))
         sealed = b""
         if entry.workload_secret_id:
-            sealed = seal(
+            sealed = seal_for(
+                req.suite,
                 req.hpke_public_key,
+                req.offer,
                 PURPOSE_WORKLOAD_SECRET,
                 self._secrets[entry.workload_secret_id],
             )

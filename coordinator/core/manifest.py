@@ -19,10 +19,16 @@ Format (top-level keys, nothing else allowed)::
                                        (empty: the manifest can never be updated).
     SeedshareOwnerPubKeys    optional  [lowercase hex PKCS#1 RSAPublicKey DER, 2048..8192 bit],
                                        default [] (empty: no user recovery possible).
+    SeedshareThreshold       optional  int k, 1 <= k <= number of seed-share owners, default 1:
+                                       how many owners together recover (Shamir k-of-n).
 
 JSON rules: UTF-8 without BOM, one JSON object, no duplicate keys at any depth, no
-NaN/Infinity. Limits: MAX_MANIFEST_BYTES, MAX_POLICIES, MAX_SANS, MAX_SAN_LENGTH,
-MAX_SECRET_ID_LENGTH, MAX_OWNERS.
+NaN/Infinity. Limits (DESIGN §13; a manifest over one is refused with
+:class:`ManifestLimitExceeded`, INVALID_ARGUMENT, naming the limit): MAX_MANIFEST_BYTES,
+MAX_POLICIES, MAX_SANS per policy, MAX_TOTAL_SANS, MAX_SECRET_ID_LENGTH, MAX_OWNERS,
+MAX_REFERENCE_ENTRIES per TEE type and MAX_REFERENCE_LIST per list inside an entry. Every
+count is checked before the items it counts are validated, so the work a manifest costs is
+bounded by the limits, not by its size.
 
 SAN rules (:func:`classify_san`): an IP address literal is an IP SAN; a string containing
 ``://`` is a URI SAN; anything else is a DNS SAN (``*`` and ``*.`` wildcards allowed).
@@ -50,6 +56,9 @@ from coordinator.errors import ConcordError, Status
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_POLICIES = 1000
 MAX_SANS = 100
+MAX_TOTAL_SANS = 10_000
+MAX_REFERENCE_ENTRIES = 256
+MAX_REFERENCE_LIST = 1024
 MAX_SAN_LENGTH = 253
 MAX_URI_LENGTH = 2048
 MAX_SECRET_ID_LENGTH = 256
@@ -66,6 +75,7 @@ TOP_LEVEL_KEYS = (
     "ReferenceValues",
     "WorkloadOwnerKeyDigests",
     "SeedshareOwnerPubKeys",
+    "SeedshareThreshold",
 )
 REQUIRED_TOP_LEVEL_KEYS = ("Policies", "ReferenceValues")
 POLICY_KEYS = ("SANs", "WorkloadSecretID", "Role")
@@ -87,6 +97,12 @@ class ManifestError(ConcordError, ValueError):
         super().__init__(f"{path}: {why}")
         self.path = path
         self.why = why
+
+
+class ManifestLimitExceeded(ManifestError):
+    """The manifest exceeds a documented size or count limit; ``why`` names the limit."""
+
+    reason = "manifest_limit_exceeded"
 
 
 @dataclass(frozen=True)
@@ -163,11 +179,16 @@ class _BadConstant(ValueError):
     pass
 
 
+def require_manifest_size(data: bytes) -> None:
+    """The size limit alone: checked before anything else is done with a manifest."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestLimitExceeded("$", f"larger than {MAX_MANIFEST_BYTES} bytes")
+
+
 def _load_json(data: bytes) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ManifestError("$", "must be bytes")
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError("$", f"larger than {MAX_MANIFEST_BYTES} bytes")
+    require_manifest_size(data)
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -202,7 +223,7 @@ def _list(value: Any, path: str, limit: int) -> list[Any]:
     if not isinstance(value, list):
         raise ManifestError(path, "must be a JSON array")
     if len(value) > limit:
-        raise ManifestError(path, f"more than {limit} entries")
+        raise ManifestLimitExceeded(path, f"more than {limit} entries")
     return value
 
 
@@ -253,7 +274,9 @@ def _policy_entry(value: Any, path: str) -> PolicyEntry:
         sans.append(san)
     secret_id = _str(obj.get("WorkloadSecretID", ""), f"{path}.WorkloadSecretID")
     if len(secret_id.encode("utf-8")) > MAX_SECRET_ID_LENGTH:
-        raise ManifestError(f"{path}.WorkloadSecretID", f"longer than {MAX_SECRET_ID_LENGTH} bytes")
+        raise ManifestLimitExceeded(
+            f"{path}.WorkloadSecretID", f"longer than {MAX_SECRET_ID_LENGTH} bytes"
+        )
     if secret_id and not secret_id.isprintable():
         raise ManifestError(f"{path}.WorkloadSecretID", "must be printable")
     role = _str(obj.get("Role", ""), f"{path}.Role")
@@ -267,7 +290,16 @@ def _policies(value: Any) -> tuple[dict[str, PolicyEntry], bytes]:
     if not obj:
         raise ManifestError("Policies", "must contain at least the coordinator policy")
     if len(obj) > MAX_POLICIES:
-        raise ManifestError("Policies", f"more than {MAX_POLICIES} policies")
+        raise ManifestLimitExceeded("Policies", f"more than {MAX_POLICIES} policies")
+    total_sans = sum(
+        len(entry["SANs"])
+        for entry in obj.values()
+        if isinstance(entry, dict) and isinstance(entry.get("SANs"), list)
+    )
+    if total_sans > MAX_TOTAL_SANS:
+        raise ManifestLimitExceeded(
+            "Policies", f"more than {MAX_TOTAL_SANS} SANs in all policies together"
+        )
     out: dict[str, PolicyEntry] = {}
     coordinators: list[str] = []
     for key, entry in obj.items():
@@ -297,6 +329,18 @@ def _owner_digests(value: Any) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def _seedshare_threshold(value: Any, owners: int) -> int:
+    """k of n: an int (not a bool), at least 1, at most the number of owners (1 when none)."""
+    path = "SeedshareThreshold"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ManifestError(path, "must be an integer")
+    if value < 1:
+        raise ManifestError(path, "must be at least 1")
+    if value > max(owners, 1):
+        raise ManifestError(path, f"must be at most the number of seed-share owners ({owners})")
+    return value
+
+
 def _seedshare_owners(value: Any) -> tuple[tuple[rsa.RSAPublicKey, ...], tuple[bytes, ...]]:
     path = "SeedshareOwnerPubKeys"
     keys: list[rsa.RSAPublicKey] = []
@@ -310,6 +354,27 @@ def _seedshare_owners(value: Any) -> tuple[tuple[rsa.RSAPublicKey, ...], tuple[b
         keys.append(key)
         ders.append(der)
     return tuple(keys), tuple(ders)
+
+
+def _check_reference_counts(value: Any) -> None:
+    """Cap the reference entries per TEE type and every list inside an entry before the
+    entries are validated (their shape is checked by the attestation layer's parser)."""
+    if not isinstance(value, dict):
+        return  # the parser names the error
+    for tee, entries in value.items():
+        path = f"ReferenceValues.{_short(tee)}"
+        if not isinstance(entries, list):
+            continue
+        if len(entries) > MAX_REFERENCE_ENTRIES:
+            raise ManifestLimitExceeded(path, f"more than {MAX_REFERENCE_ENTRIES} entries")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            for key, item in entry.items():
+                if isinstance(item, list) and len(item) > MAX_REFERENCE_LIST:
+                    raise ManifestLimitExceeded(
+                        f"{path}[{i}].{_short(key)}", f"more than {MAX_REFERENCE_LIST} entries"
+                    )
 
 
 def parse_pkcs1_public_key(der: bytes, path: str = "PublicKey") -> rsa.RSAPublicKey:
@@ -343,6 +408,8 @@ class Manifest:
     seedshare_owner_keys: tuple[rsa.RSAPublicKey, ...]
     seedshare_owner_keys_der: tuple[bytes, ...]
     coordinator_policy_hash: bytes
+    seedshare_threshold: int = 1
+    """k of the n seed-share owners must submit their share to recover (DESIGN §3)."""
 
     @property
     def hex_digest(self) -> str:
@@ -362,12 +429,14 @@ class Manifest:
             if key not in top:
                 raise ManifestError(key, "required")
         policies, coordinator = _policies(top["Policies"])
+        _check_reference_counts(top["ReferenceValues"])
         try:
             reference_values = parse_reference_values(top["ReferenceValues"], "ReferenceValues")
         except InvalidReferenceValues as e:
             raise ManifestError(e.path, e.why) from None
         owners = _owner_digests(top.get("WorkloadOwnerKeyDigests", []))
         keys, ders = _seedshare_owners(top.get("SeedshareOwnerPubKeys", []))
+        threshold = _seedshare_threshold(top.get("SeedshareThreshold", 1), len(keys))
         raw = bytes(data)
         return cls(
             raw=raw,
@@ -378,6 +447,7 @@ class Manifest:
             seedshare_owner_keys=keys,
             seedshare_owner_keys_der=ders,
             coordinator_policy_hash=coordinator,
+            seedshare_threshold=threshold,
         )
 
     def policy(self, hash: bytes) -> PolicyEntry | None:

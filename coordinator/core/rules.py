@@ -10,8 +10,11 @@ verified policy hash of a requester) is looked up by the caller and passed in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
+from typing import Final, Literal
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.core.authz import (
     recover_message,
@@ -20,30 +23,49 @@ from coordinator.core.authz import (
     verify_owner,
     verify_seedshare,
 )
-from coordinator.core.history import ZERO_HASH, transition_hash
+from coordinator.core.history import (
+    ZERO_HASH,
+    HistoryError,
+    SignatureRejected,
+    SignedLatest,
+    transition_hash,
+)
 from coordinator.core.manifest import ROLE_COORDINATOR, Manifest
 from coordinator.errors import ConcordError, Status
 from coordinator.store.base import ConcurrentUpdate
 
 __all__ = [
+    "TAMPER_KINDS",
     "CoordinatorNotAdmitted",
     "CoordinatorPolicyNotInManifest",
+    "Descends",
     "FieldSizeInvalid",
+    "HistoryWithoutLatest",
+    "LatestVerdict",
+    "NeedsLineage",
     "NotCoordinatorRole",
     "NotInRecoveryMode",
     "NotSeedshareOwner",
     "NotWorkloadOwner",
+    "Ours",
     "PolicyDocumentMissing",
     "ReadyPeerExists",
     "SeedshareOwnersChanged",
+    "Tamper",
+    "TamperKind",
+    "UnexpectedLatest",
     "UpdateRequest",
     "UpdatesDisabled",
     "authorise_peer_recovery",
     "authorise_update",
     "authorise_user_recovery",
+    "check_expected_latest",
     "check_first_manifest",
+    "check_no_orphaned_history",
     "check_no_ready_peer",
     "check_recovery_manifest",
+    "check_update_manifest",
+    "classify_latest",
     "missing_policies",
     "require_admits_coordinator",
     "require_recovery_mode",
@@ -158,10 +180,11 @@ def missing_policies(manifest: Manifest, given: Iterable[bytes]) -> list[str]:
 
 @dataclass(frozen=True)
 class UpdateRequest:
-    """What a SetManifest caller asserts: the new manifest, the transition it builds on, and
-    the owner key with its signature over the new transition."""
+    """What a SetManifest caller asserts: the new manifest *as sent* (not parsed: the owner's
+    signature is checked before an unauthenticated document costs any parsing), the transition
+    it builds on, and the owner key with its signature over the new transition."""
 
-    manifest: Manifest
+    manifest_raw: bytes
     previous_transition_hash: bytes
     owner_public_key: bytes
     signature: bytes
@@ -184,12 +207,18 @@ def require_admits_coordinator(manifest: Manifest, own_policy_hash: bytes) -> No
         )
 
 
-def authorise_update(current: Manifest, current_hash: bytes, request: UpdateRequest) -> None:
-    """Whether ``request`` may replace ``current`` (at transition ``current_hash``).
+def authorise_update(
+    current: Manifest, current_hash: bytes, request: UpdateRequest, deployment_id: bytes
+) -> None:
+    """Whether ``request`` may replace ``current`` (at transition ``current_hash``), decided
+    from the raw bytes alone (DESIGN §13: cheap checks first).
 
     The owner must be listed in the *current* manifest (an update cannot authorise itself), the
-    caller's view of the history must be the latest (client-side compare-and-swap), seed-share
-    owners stay, and the signature covers the exact transition that will be written.
+    caller's view of the history must be the latest (client-side compare-and-swap), and the
+    signature covers this deployment's ID and the exact transition that will be written: its
+    hash needs only
+    sha256(raw manifest) and ``current_hash``. Once this passed, the caller parses the new
+    manifest and applies :func:`check_update_manifest`.
     """
     if not current.owner_key_digests:
         raise UpdatesDisabled(
@@ -200,11 +229,22 @@ def authorise_update(current: Manifest, current_hash: bytes, request: UpdateRequ
         raise NotWorkloadOwner("owner_public_key: not a workload owner of the current manifest")
     if request.previous_transition_hash != current_hash:
         raise ConcurrentUpdate("previous_transition_hash is not the latest transition")
-    new = request.manifest
+    new_hash = transition_hash(hashlib.sha256(request.manifest_raw).digest(), current_hash)
+    verify_owner(owner, request.signature, set_manifest_message(deployment_id, new_hash))
+
+
+def check_update_manifest(current: Manifest, new: Manifest) -> None:
+    """What an authorised update may not change, checked once its manifest is parsed: who can
+    recover the seed."""
     if set(new.seedshare_owner_keys_der) != set(current.seedshare_owner_keys_der):
         raise SeedshareOwnersChanged("SeedshareOwnerPubKeys: seed-share owners may not change")
-    new_hash = transition_hash(new.digest, current_hash)
-    verify_owner(owner, request.signature, set_manifest_message(new_hash))
+    if new.seedshare_threshold != current.seedshare_threshold:
+        raise SeedshareOwnersChanged("SeedshareThreshold: the threshold may not change")
+    if new.seedshare_threshold > 1 and (
+        new.seedshare_owner_keys_der != current.seedshare_owner_keys_der
+    ):
+        # Threshold shares carry the owner's position as their Shamir index.
+        raise SeedshareOwnersChanged("SeedshareOwnerPubKeys: the order may not change (k > 1)")
 
 
 # --- UserAPI.Recover ---------------------------------------------------------------------------
@@ -217,15 +257,39 @@ def require_recovery_mode(stale: bool) -> None:
 
 
 def authorise_user_recovery(
-    latest: Manifest, owner_pkcs1: bytes, signature: bytes, nonce: bytes, sealed_secret: bytes
+    latest: Manifest,
+    owner_pkcs1: bytes,
+    signature: bytes,
+    nonce: bytes,
+    sealed_secret: bytes,
+    expected_latest: bytes,
 ) -> None:
     """The key must be a seed-share owner of the (unverified) latest manifest and have signed
-    this nonce and this sealed secret. Checked before anything else is looked up."""
+    this nonce, this sealed secret and the history it expects. Checked before anything else is
+    looked up."""
     if not latest.is_seedshare_owner(owner_pkcs1):
         raise NotSeedshareOwner(
             "seedshare_owner_public_key: not a seed-share owner of the latest manifest"
         )
-    verify_seedshare(owner_pkcs1, signature, recover_message(nonce, sealed_secret))
+    verify_seedshare(owner_pkcs1, signature, recover_message(nonce, sealed_secret, expected_latest))
+
+
+class UnexpectedLatest(ConcordError):
+    """A user recovery names another history than the store's ``latest``: the store may have
+    been rolled back, or the owner holds an old manifest. Nothing is recovered."""
+
+    reason = "unexpected_latest"
+    status = Status.FAILED_PRECONDITION
+
+
+def check_expected_latest(expected: bytes, found: bytes | None) -> None:
+    """The store's ``latest`` (None: absent) must be the one the recovering owner named."""
+    if found != expected:
+        raise UnexpectedLatest(
+            "the store's latest transition is "
+            f"{found.hex() if found is not None else '(none)'}, the recovery expected "
+            f"{expected.hex()}"
+        )
 
 
 def check_no_ready_peer(force: bool, ready_peer_exists: bool) -> None:
@@ -253,3 +317,102 @@ def authorise_peer_recovery(manifest: Manifest, requester_policy_hash: bytes) ->
         raise NotCoordinatorRole(
             "peer recovery: the requester's policy does not have role coordinator"
         )
+
+
+# --- the store's ``latest`` against the State we hold (DESIGN §12) -----------------------------
+
+TamperKind = Literal["rollback", "deleted", "bad_signature", "malformed", "unknown_chain"]
+TAMPER_KINDS: Final[tuple[TamperKind, ...]] = (
+    "rollback",
+    "deleted",
+    "bad_signature",
+    "malformed",
+    "unknown_chain",
+)
+
+
+@dataclass(frozen=True)
+class Ours:
+    """The store's ``latest`` is the State's own transition (a late notification, or a repair)."""
+
+
+@dataclass(frozen=True)
+class Descends:
+    """A correctly signed ``latest`` that strictly descends from the held transition: the only
+    verdict that may make a State stale."""
+
+    latest: SignedLatest
+
+
+@dataclass(frozen=True)
+class NeedsLineage:
+    """Correctly signed but neither ours nor an ancestor: the caller must walk its chain back
+    (bounded) and ask again with the hashes it found."""
+
+    latest: SignedLatest
+
+
+@dataclass(frozen=True)
+class Tamper:
+    """The store's ``latest`` is something no honest coordinator of this deployment wrote on top
+    of our State. ``found`` is the transition hash it names, when it names one."""
+
+    kind: TamperKind
+    found: bytes | None = None
+
+
+LatestVerdict = Ours | Descends | NeedsLineage | Tamper
+
+
+def classify_latest(
+    own: bytes,
+    ancestors: Set[bytes],
+    value: bytes,
+    signing_key: ec.EllipticCurvePublicKey,
+    lineage: Sequence[bytes] | None = None,
+) -> LatestVerdict:
+    """Judge a raw ``latest`` value read from the (untrusted) store.
+
+    ``own`` is the held State's transition hash, ``ancestors`` every earlier one, and
+    ``signing_key`` the deployment's history signing key. ``lineage``, when given, is the list of
+    transition hashes the caller walked back from the candidate (excluding it, newest first);
+    a walk that stopped early (missing blob, bound, a fork) simply lacks ``own``. Only a
+    signed value whose lineage reaches ``own`` descends; everything else is a tamper kind.
+    """
+    if not value:
+        return Tamper("deleted")
+    try:
+        latest = SignedLatest.decode(value)
+    except HistoryError:
+        return Tamper("malformed")
+    found = latest.transition_hash
+    try:
+        latest.verify(signing_key)
+    except SignatureRejected:
+        return Tamper("bad_signature", found)
+    if found == own:
+        return Ours()
+    if found in ancestors or found == ZERO_HASH:
+        return Tamper("rollback", found)
+    if lineage is None:
+        return NeedsLineage(latest)
+    if own in lineage:
+        return Descends(latest)
+    return Tamper("unknown_chain", found)
+
+
+class HistoryWithoutLatest(ConcordError):
+    """The store holds history blobs but no ``latest``: it was tampered with, it is not new.
+    Trust on first use would hand the deployment to whoever deleted ``latest``."""
+
+    reason = "history_without_latest"
+    status = Status.FAILED_PRECONDITION
+
+    def __init__(self) -> None:
+        super().__init__("store holds a history without latest")
+
+
+def check_no_orphaned_history(history_present: bool) -> None:
+    """A first manifest is accepted only on a store with no history at all (DESIGN §12)."""
+    if history_present:
+        raise HistoryWithoutLatest()

@@ -1,6 +1,8 @@
 """HPKE sealed boxes for every secret that leaves a coordinator (DESIGN.md §7).
 
-Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode, single shot (RFC 9180).
+Suites: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode, single shot (RFC 9180),
+and the hybrid post-quantum ML-KEM-768 + X25519 KEM with the same KDF and AEAD, negotiated per
+request (:class:`SuiteOffer`): the requester states what it accepts, the strongest wins.
 ``info`` = b"concord/v1/" + purpose, so a box sealed for one purpose (say a workload secret) never
 opens as another (say peer recovery secrets). A sealed box is ``enc (32 bytes) ‖ ciphertext``.
 
@@ -13,14 +15,15 @@ purpose, tampering) is not something a remote party should learn from us.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from enum import IntEnum
+from typing import Any, ClassVar, Final, TypeAlias
 
 import cbor2
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -287,3 +290,200 @@ class UserRecoverySecret:
 
     def __repr__(self) -> str:
         return f"UserRecoverySecret(seed={_redacted(self.seed)}, salt={_redacted(self.salt)})"
+
+
+THRESHOLD_SHARE_SIZE: Final = 98  # coordinator.core.threshold.SHARE_SIZE
+
+
+@dataclass(frozen=True, repr=False)
+class UserRecoveryShare:
+    """One owner's threshold share (sealed, "user-recover") for a k-of-n recovery."""
+
+    share: bytes
+    salt: bytes
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"share", "salt"})
+
+    def __post_init__(self) -> None:
+        _require_bytes("share", self.share, THRESHOLD_SHARE_SIZE, THRESHOLD_SHARE_SIZE)
+        _require_bytes("salt", self.salt, SALT_SIZE, SALT_SIZE)
+
+    def encode(self) -> bytes:
+        return cbor2.dumps({"share": self.share, "salt": self.salt}, canonical=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> UserRecoveryShare:
+        obj = _decode_map(data, cls.KEYS)
+        value = cls(share=obj["share"], salt=obj["salt"])
+        _require_canonical(data, value.encode())
+        return value
+
+    def __repr__(self) -> str:
+        return f"UserRecoveryShare(share={_redacted(self.share)}, salt={_redacted(self.salt)})"
+
+
+def decode_user_recovery(data: bytes) -> UserRecoverySecret | UserRecoveryShare:
+    """A whole seed (threshold 1) or one threshold share, told apart by the map's keys."""
+    try:
+        return UserRecoverySecret.decode(data)
+    except PayloadKeysMismatch:
+        return UserRecoveryShare.decode(data)
+
+
+# --- suites: classic X25519 and hybrid post-quantum ------------------------------------------
+
+
+class HpkeSuite(IntEnum):
+    """The HPKE suites Concord speaks; values equal the wire enum ``concord.v1.HpkeSuite``.
+
+    Higher is stronger. Both use HKDF-SHA256 and AES-256-GCM; the hybrid KEM (ML-KEM-768 +
+    X25519) stays secure while either half holds, so a box recorded today survives X25519
+    falling to a quantum computer.
+    """
+
+    X25519 = 1
+    MLKEM768_X25519 = 2
+
+
+# RFC 9180 suite identifiers (KEM id ‖ KDF id ‖ AEAD id): what report data binds.
+SUITE_IDS: Final[Mapping[HpkeSuite, bytes]] = {
+    HpkeSuite.X25519: bytes.fromhex("002000010002"),
+    HpkeSuite.MLKEM768_X25519: bytes.fromhex("647a00010002"),
+}
+MLKEM768_PUBLIC_KEY_SIZE: Final = 1184
+PQ_PUBLIC_KEY_SIZE: Final = MLKEM768_PUBLIC_KEY_SIZE + PUBLIC_KEY_SIZE  # ML-KEM pk ‖ X25519 pk
+PQ_ENC_SIZE: Final = hpke.KEM.MLKEM768_X25519.enc_length()
+
+_PQ_SUITE: Final = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+PqPrivateKey: TypeAlias = hpke.MLKEM768X25519PrivateKey
+
+
+class PostQuantumRequired(ConcordError):
+    """The peer offered only classic suites and this side was told to refuse them."""
+
+    reason = "pq_suite_required"
+    status = Status.FAILED_PRECONDITION
+
+
+class SuiteDowngrade(ConcordError):
+    """The coordinator answered with a weaker suite than the strongest one offered."""
+
+    reason = "hpke_suite_downgrade"
+    status = Status.PERMISSION_DENIED
+
+
+def generate_pq_keypair() -> tuple[hpke.MLKEM768X25519PrivateKey, bytes]:
+    """A fresh hybrid key pair; the public half is ML-KEM-768 pk (1184) ‖ raw X25519 pk (32)."""
+    mlkem_key = mlkem.MLKEM768PrivateKey.generate()
+    x_key = X25519PrivateKey.generate()
+    public = mlkem_key.public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw
+    ) + x_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hpke.MLKEM768X25519PrivateKey(mlkem_key, x_key), public
+
+
+def _pq_public(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
+    if not isinstance(raw, bytes) or len(raw) != PQ_PUBLIC_KEY_SIZE:
+        raise InvalidPublicKey(f"hybrid public key must be {PQ_PUBLIC_KEY_SIZE} bytes")
+    try:
+        return hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(raw[:MLKEM768_PUBLIC_KEY_SIZE]),
+            X25519PublicKey.from_public_bytes(raw[MLKEM768_PUBLIC_KEY_SIZE:]),
+        )
+    except ValueError:
+        raise InvalidPublicKey("hybrid public key is not usable") from None
+
+
+def seal_pq(recipient_public: bytes, purpose: str, plaintext: bytes) -> bytes:
+    """Seal to a hybrid public key (see :func:`generate_pq_keypair`); ``enc (1120) ‖ ct``."""
+    info = _info(purpose)
+    if not isinstance(plaintext, bytes):
+        raise TypeError("plaintext must be bytes")
+    if len(plaintext) > MAX_PLAINTEXT_SIZE:
+        raise SealingError(f"plaintext longer than {MAX_PLAINTEXT_SIZE} bytes")
+    public = _pq_public(recipient_public)
+    try:
+        return _PQ_SUITE.encrypt(plaintext, public, info=info)
+    except ValueError:
+        raise InvalidPublicKey("recipient public key is not usable") from None
+
+
+def open_sealed_pq(
+    private_key: hpke.MLKEM768X25519PrivateKey, purpose: str, sealed: bytes
+) -> bytes:
+    """Open a box made by :func:`seal_pq` with the same purpose; else :class:`SealingError`."""
+    info = _info(purpose)
+    if not isinstance(sealed, bytes):
+        raise SealingError("sealed box must be bytes")
+    if not PQ_ENC_SIZE + TAG_SIZE <= len(sealed) <= PQ_ENC_SIZE + MAX_PLAINTEXT_SIZE + TAG_SIZE:
+        raise SealingError("sealed box has an impossible length")
+    try:
+        return _PQ_SUITE.decrypt(sealed, private_key, info=info)
+    except (InvalidTag, ValueError):
+        raise SealingError("sealed box cannot be opened") from None
+
+
+@dataclass(frozen=True)
+class SuiteOffer:
+    """What a requester states: the suites it accepts and, for the hybrid one, its key.
+
+    An empty offer is a client from before negotiation: classic X25519 with the request's
+    ``hpke_public_key``, and nothing extra in the report data (its bytes stay unchanged).
+    """
+
+    suites: tuple[HpkeSuite, ...] = ()
+    pq_public_key: bytes = b""
+
+    @classmethod
+    def from_wire(cls, suites: Iterable[int], pq_public_key: bytes) -> SuiteOffer:
+        """Keep the suites we know (order kept, duplicates dropped); unknown numbers are a
+        newer client's business and are ignored rather than refused."""
+        known: list[HpkeSuite] = []
+        for value in suites:
+            if value in HpkeSuite._value2member_map_ and HpkeSuite(value) not in known:
+                known.append(HpkeSuite(value))
+        if pq_public_key and HpkeSuite.MLKEM768_X25519 not in known:
+            raise InvalidPublicKey("a hybrid public key was sent without offering its suite")
+        if HpkeSuite.MLKEM768_X25519 in known:
+            _pq_public(pq_public_key)
+        return cls(tuple(known), pq_public_key)
+
+    @property
+    def offers_pq(self) -> bool:
+        return HpkeSuite.MLKEM768_X25519 in self.suites
+
+    def binding(self) -> tuple[bytes, bytes] | None:
+        """The extra report-data fields (offered suite ids, hybrid key), or None for a classic
+        offer. Binding the whole offer is what makes stripping the hybrid suite detectable."""
+        if not self.suites:
+            return None
+        if self.suites == (HpkeSuite.X25519,):
+            return None
+        return b"".join(SUITE_IDS[s] for s in self.suites), self.pq_public_key
+
+    def choose(self, *, require_pq: bool) -> HpkeSuite:
+        """The strongest suite both sides allow; classic refused under ``require_pq``."""
+        if self.offers_pq:
+            return HpkeSuite.MLKEM768_X25519
+        if require_pq:
+            raise PostQuantumRequired("the requester offered no post-quantum HPKE suite")
+        return HpkeSuite.X25519
+
+
+def seal_for(
+    suite: HpkeSuite, x25519_public: bytes, offer: SuiteOffer, purpose: str, plaintext: bytes
+) -> bytes:
+    """Seal with the chosen suite to the matching key of the request."""
+    if suite is HpkeSuite.MLKEM768_X25519:
+        return seal_pq(offer.pq_public_key, purpose, plaintext)
+    return seal(x25519_public, purpose, plaintext)
+
+
+def check_answer(offer: SuiteOffer, answered: int) -> HpkeSuite:
+    """Client side: the coordinator must answer with the strongest suite offered."""
+    wanted = max(offer.suites, default=HpkeSuite.X25519)
+    got = HpkeSuite.X25519 if answered == 0 else answered
+    if got != wanted:
+        raise SuiteDowngrade(f"asked for HPKE suite {wanted.name}, got {got!r}")
+    return wanted

@@ -256,17 +256,42 @@ def _doc_hex(value: Any, path: str) -> bytes:
 
 @dataclass(frozen=True)
 class SeedShareDocument:
-    """Salt plus one encrypted seed share per owner: (owner PKCS#1 DER, RSA-OAEP ciphertext)."""
+    """Salt plus one encrypted seed share per owner: (owner PKCS#1 DER, RSA-OAEP ciphertext).
+
+    With ``threshold`` 1 each ciphertext holds the whole seed and the JSON is exactly what it
+    always was; above 1 it holds a :class:`coordinator.core.threshold.SeedShare` and the JSON
+    carries ``"Threshold": k``.
+    """
 
     salt: bytes
     shares: tuple[tuple[bytes, bytes], ...]
+    threshold: int = 1
 
     @classmethod
-    def create(cls, engine: SeedEngine, owners: Sequence[rsa.RSAPublicKey]) -> SeedShareDocument:
-        """Encrypt ``engine``'s seed to every owner, in the given (manifest) order."""
+    def create(
+        cls,
+        engine: SeedEngine,
+        owners: Sequence[rsa.RSAPublicKey],
+        threshold: int = 1,
+        deployment_id: bytes = b"",
+    ) -> SeedShareDocument:
+        """Encrypt ``engine``'s seed (k = 1) or one Shamir share of it (k > 1) to every owner,
+        in the given (manifest) order."""
+        if threshold <= 1:
+            return cls(
+                salt=engine.salt,
+                shares=tuple((_pkcs1(o), encrypt_seed_share(engine.seed, o)) for o in owners),
+            )
+        from coordinator.core.threshold import split_seed
+
+        parts = split_seed(engine.seed, threshold, len(owners), deployment_id)
         return cls(
             salt=engine.salt,
-            shares=tuple((_pkcs1(o), encrypt_seed_share(engine.seed, o)) for o in owners),
+            shares=tuple(
+                (_pkcs1(o), encrypt_seed_share(p.encode(), o))
+                for o, p in zip(owners, parts, strict=True)
+            ),
+            threshold=threshold,
         )
 
     def share_for(self, owner_pkcs1_der: bytes) -> bytes | None:
@@ -277,12 +302,14 @@ class SeedShareDocument:
         return None
 
     def to_json(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "Salt": self.salt.hex(),
             "SeedShares": [
                 {"PublicKey": der.hex(), "EncryptedSeed": share.hex()} for der, share in self.shares
             ],
         }
+        if self.threshold > 1:
+            doc["Threshold"] = self.threshold
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -298,8 +325,18 @@ class SeedShareDocument:
             raise SeedEngineError("seed-share document is not valid JSON") from None
         if not isinstance(doc, dict):
             raise SeedEngineError("seed-share document must be a JSON object")
-        if set(doc) != {"Salt", "SeedShares"}:
-            raise SeedEngineError("seed-share document needs exactly Salt and SeedShares")
+        if set(doc) - {"Threshold"} != {"Salt", "SeedShares"}:
+            raise SeedEngineError(
+                "seed-share document needs exactly Salt and SeedShares (and Threshold)"
+            )
+        threshold = doc.get("Threshold", 1)
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int)
+            or not 1 <= threshold <= 255
+            or ("Threshold" in doc and threshold < 2)
+        ):
+            raise SeedEngineError("Threshold: must be an integer 2..255 when present")
         salt = _doc_hex(doc["Salt"], "Salt")
         if len(salt) != SALT_SIZE:
             raise SeedEngineError(f"Salt: must be {SALT_SIZE} bytes, got {len(salt)}")
@@ -317,7 +354,7 @@ class SeedShareDocument:
                     _doc_hex(item["EncryptedSeed"], f"{path}.EncryptedSeed"),
                 )
             )
-        return cls(salt=salt, shares=tuple(shares))
+        return cls(salt=salt, shares=tuple(shares), threshold=threshold)
 
     def __repr__(self) -> str:
-        return f"SeedShareDocument({len(self.shares)} shares)"
+        return f"SeedShareDocument({len(self.shares)} shares, threshold {self.threshold})"

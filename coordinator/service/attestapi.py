@@ -22,12 +22,19 @@ class AttestationService(pb_grpc.AttestationServicer):
     async def Attest(self, request: pb.AttestRequest, context: Any) -> pb.AttestResponse:
         nonce = require_size(request.nonce, NONCE_SIZE, "nonce")
         state = self.coord.guard.current()
+        token = b""
         if state is None:
             digest = state_digest(None, None, None)
             latest = root_pem = mesh_pem = b""
         else:
+            if not state.stale:
+                # The token rides along, so a join is Attest + NewMeshCert (DESIGN §15).
+                now = self.coord.clock().timestamp()
+                token = issue_token(state.seed_engine.challenge_key, state.transition.hash, now)
             ca = state.ca
-            digest = state_digest(state.transition.hash, ca.root_der, ca.mesh_ca_der)
+            digest = state_digest(
+                state.transition.hash, ca.root_der, ca.mesh_ca_der, self.coord.deployment
+            )
             latest, root_pem, mesh_pem = state.transition.hash, ca.root_pem, ca.mesh_ca_pem
         report_data = attest_report_data(self.coord.tls_spki, self.coord.hpke_public, nonce, digest)
         evidence = await self.coord.evidence(report_data)
@@ -38,6 +45,8 @@ class AttestationService(pb_grpc.AttestationServicer):
             latest_transition_hash=latest,
             root_ca_pem=root_pem,
             mesh_ca_pem=mesh_pem,
+            deployment=self.coord.deployment,
+            token=token,
         )
 
     @rpc()

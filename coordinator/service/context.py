@@ -10,8 +10,9 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -22,12 +23,24 @@ from attestation.errors import EvidenceRejected
 from attestation.providers.base import EvidenceProvider
 from attestation.verify import VerifiedEvidence, Verifier
 from coordinator.core.issuance import BatchRunner, Issuer
+from coordinator.core.lifecycle import DEFAULT_LEAF_LIFETIME
 from coordinator.core.manifest import Manifest
 from coordinator.core.state import Guard, Stale, State
 from coordinator.service.metrics import Metrics
 from coordinator.service.status import rpc_status_of, wire_status
 
 log = logging.getLogger("concord.rpc")
+
+R = TypeVar("R")
+
+CPU_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads of the CPU pool: parsing, verification, sealing outside the event loop. Small and
+bounded, so a flood of expensive requests queues here instead of starving the loop."""
+
+
+def cpu_pool(workers: int = CPU_WORKERS) -> ThreadPoolExecutor:
+    """The one executor for CPU-heavy work of a request (DESIGN §13)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="concord-cpu")
 
 
 @dataclass
@@ -43,7 +56,25 @@ class Coordinator:
     runner: BatchRunner[Any, Any]
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     ready_peer_exists: Callable[[], Awaitable[bool]] | None = None
+    deployment: str = ""
+    """The configured deployment name, attested and bound into peer recovery (DESIGN §12)."""
+    leaf_lifetime: timedelta = DEFAULT_LEAF_LIFETIME
+    """Validity of the leaves NewMeshCert issues (``--leaf-lifetime``, DESIGN §15)."""
+    require_pq: bool = False
+    """``--require-pq``: refuse requesters that offer no post-quantum HPKE suite."""
+    cpu: ThreadPoolExecutor = field(default_factory=cpu_pool, repr=False)
     _issuer: Issuer | None = field(default=None, repr=False)
+
+    async def offload(self, fn: Callable[..., R], /, *args: Any) -> R:
+        """Run CPU-heavy ``fn(*args)`` (parsing of large inputs, verification, sealing) in the
+        CPU pool: the event loop keeps serving probes and ``Attest`` meanwhile (DESIGN §13)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cpu, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        """Stop the CPU pool (queued work is dropped) and the issuance runner."""
+        self.cpu.shutdown(wait=False, cancel_futures=True)
+        self.runner.close()
 
     @functools.cached_property
     def hpke_public(self) -> bytes:
@@ -56,7 +87,7 @@ class Coordinator:
         """The Issuer of ``state``, built once and dropped when another State replaces it."""
         issuer = self._issuer
         if issuer is None or issuer.state is not state:
-            issuer = Issuer(state, self.verifier)
+            issuer = Issuer(state, self.verifier, leaf_validity=self.leaf_lifetime)
             self._issuer = issuer
         return issuer
 
@@ -82,8 +113,9 @@ class Coordinator:
         values (raises EvidenceRejected): whether it can serve as a coordinator of it, together
         with a check of ``policy_hash`` against ``manifest.coordinator_policy_hash``."""
         report_data = os.urandom(64)
-        return self.verifier.verify(
-            await self.evidence(report_data), manifest.reference_values, report_data, self.clock()
+        evidence = await self.evidence(report_data)
+        return await self.offload(
+            self.verifier.verify, evidence, manifest.reference_values, report_data, self.clock()
         )
 
     def record_rejection(self, exc: EvidenceRejected) -> None:

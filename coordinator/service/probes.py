@@ -14,6 +14,10 @@ log = logging.getLogger("concord.http")
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 MAX_REQUEST = 8192
+TLS_HANDSHAKE = b"\x16"
+"""First byte of a TLS record carrying a handshake (ClientHello): never the start of HTTP."""
+TLS_HANDSHAKE_FAILURE = bytes.fromhex("15030100020228")
+"""A TLS alert record: fatal (2), handshake_failure (40)."""
 
 
 class ProbeServer:
@@ -33,7 +37,16 @@ class ProbeServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            first = await asyncio.wait_for(reader.readexactly(1), 5)
+            if first == TLS_HANDSHAKE:
+                # A gRPC client pointed at this port: answer its ClientHello with a TLS alert,
+                # so it fails its handshake now, as a TLS error, not after the request timeout.
+                header = await asyncio.wait_for(reader.readexactly(4), 5)
+                await asyncio.wait_for(reader.readexactly(int.from_bytes(header[2:4], "big")), 5)
+                writer.write(TLS_HANDSHAKE_FAILURE)
+                await writer.drain()
+                return
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             if len(head) > MAX_REQUEST:
                 raise ValueError("request too large")
             method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)

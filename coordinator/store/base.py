@@ -83,6 +83,16 @@ class InvalidKey(StoreError, ValueError):
     reason = "invalid_store_key"
 
 
+KIND_RE = re.compile(r"[a-z0-9-]+")
+
+
+def check_kind(kind: str) -> str:
+    """A key's first name (the part before the slash)."""
+    if not KIND_RE.fullmatch(kind):
+        raise InvalidKey(f"invalid store key kind {kind!r}: want [a-z0-9-]")
+    return kind
+
+
 def check_key(key: str) -> str:
     """Keys have exactly one slash and ``[a-z0-9-]`` names (DESIGN §5)."""
     if not KEY_RE.fullmatch(key):
@@ -99,6 +109,11 @@ class Store(Protocol):
     async def set(self, key: str, value: bytes) -> None: ...
 
     async def has(self, key: str) -> bool: ...
+
+    async def has_any(self, kind: str) -> bool:
+        """Whether any key ``<kind>/…`` exists (``kind`` is one key name, e.g. ``manifests``).
+        Lets a coordinator tell a new store from one whose ``latest`` was deleted."""
+        ...
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:
         """Set ``key`` to ``new`` if its value is ``old`` (a missing key equals ``b""``).

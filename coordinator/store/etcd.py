@@ -37,6 +37,7 @@ import etcd3.exceptions
 import grpc
 from etcd3 import etcdrpc
 
+from coordinator.backoff import Backoff
 from coordinator.store.base import (
     DELETED,
     ConcurrentUpdate,
@@ -45,6 +46,7 @@ from coordinator.store.base import (
     StoreError,
     StoreUnavailable,
     check_key,
+    check_kind,
 )
 
 __all__ = [
@@ -67,8 +69,8 @@ _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")
 _PUT = 0
 _DELETE = 1
 
-_MIN_BACKOFF = 0.05
-_MAX_BACKOFF = 0.5
+_WATCH_RETRY = Backoff(base=0.05, cap=0.5, factor=2.0, jitter=0.2)
+"""Between attempts to re-open a failed watch stream, within the store timeout."""
 _MAX_TTL = 3600
 
 # Reconnect quickly after an etcd restart (gRPC's default back-off grows to two minutes) and
@@ -335,7 +337,7 @@ class _RevisionWatch:
         self._label = label
         self._stream: _Stream | None = None
         self._fail_since: float | None = None
-        self._backoff = _MIN_BACKOFF
+        self._attempt = 0
         self._suspect: int | None = None
         self._closed = False
 
@@ -372,7 +374,7 @@ class _RevisionWatch:
             if response.created:
                 stream.created = True
                 self._fail_since = None
-                self._backoff = _MIN_BACKOFF
+                self._attempt = 0
             if response.events:
                 last = max(ev.kv.mod_revision for ev in response.events)
                 self.next_rev = max(self.next_rev, last + 1)
@@ -425,8 +427,8 @@ class _RevisionWatch:
                 f"etcd watch on {self._label} failing for {elapsed:.1f}s: {reason}"
             )
         log.debug("etcd watch on %s: %s; retrying", self._label, reason)
-        await asyncio.sleep(min(self._backoff, self._store.timeout - elapsed))
-        self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+        self._attempt += 1
+        await asyncio.sleep(min(_WATCH_RETRY.delay(self._attempt), self._store.timeout - elapsed))
 
     async def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -633,6 +635,14 @@ class EtcdStore:
     async def has(self, key: str) -> bool:
         full = self._full(key)
         response = self._saw(await self._call(lambda c: c.get_response(full, count_only=True)))
+        return int(response.count) > 0
+
+    async def has_any(self, kind: str) -> bool:
+        prefix = (self.prefix + check_kind(kind) + "/").encode()
+        end = _prefix_end(prefix)
+        response = self._saw(
+            await self._call(lambda c: c.get_response(prefix, range_end=end, count_only=True))
+        )
         return int(response.count) > 0
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:

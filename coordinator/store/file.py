@@ -42,12 +42,14 @@ from typing import TypeVar
 from coordinator.store.base import (
     DELETED,
     KEY_RE,
+    KIND_RE,
     ConcurrentUpdate,
     InvalidKey,
     KeyNotFound,
     StoreLocked,
     StoreUnavailable,
     check_key,
+    check_kind,
 )
 
 __all__ = [
@@ -404,6 +406,22 @@ class FileStore:
                 f"file store {self._root}: checking {key}: {exc.strerror}"
             ) from exc
         return stat.S_ISREG(st.st_mode)
+
+    async def has_any(self, kind: str) -> bool:
+        directory = self._root / check_kind(kind)
+        self._check_open()
+        try:
+            with os.scandir(directory) as entries:
+                return any(
+                    e.is_file(follow_symlinks=False) and KIND_RE.fullmatch(e.name) is not None
+                    for e in entries
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"file store {self._root}: listing {kind}: {exc.strerror}"
+            ) from exc
 
     async def set(self, key: str, value: bytes) -> None:
         path = self._path(key)

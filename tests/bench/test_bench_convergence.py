@@ -85,6 +85,7 @@ async def measure(cluster: Cluster, mock_dir: Path, updates: int) -> list[float]
         )
         await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)
         previous, samples = first.transition_hash, []
+        deployment = first.deployment_id
         for i in range(1, updates + 1):
             via = i % len(nodes)
             raw = manifest(mock_dir, owner, i)
@@ -95,7 +96,7 @@ async def measure(cluster: Cluster, mock_dir: Path, updates: int) -> list[float]
                     policies=[WEB_POLICY],
                     previous_transition_hash=previous,
                     owner_public_key=public_spki(owner),
-                    signature=sign_owner(owner, set_manifest_message(new_hash)),
+                    signature=sign_owner(owner, set_manifest_message(deployment, new_hash)),
                 ),
                 timeout=20,
             )

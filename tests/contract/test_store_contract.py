@@ -82,6 +82,21 @@ async def test_get_set_has(store: Store) -> None:
     assert not await store.has("manifests/abc")
 
 
+async def test_has_any(store: Store) -> None:
+    assert not await store.has_any("manifests")
+    await store.set("transitions/latest", b"x")
+    assert not await store.has_any("manifests")
+    assert not await store.has_any("manifest")  # a prefix of a kind is another kind
+    await store.set("manifests-x/ab", b"one")
+    assert not await store.has_any("manifests")
+    await store.set("manifests/ab", b"one")
+    assert await store.has_any("manifests")
+    assert await store.has_any("transitions")
+    for bad in ("", "a/b", "A", "../x"):
+        with pytest.raises(InvalidKey):
+            await store.has_any(bad)
+
+
 async def test_empty_value_roundtrip(store: Store) -> None:
     await store.set("members/a", b"")
     assert await store.has("members/a")

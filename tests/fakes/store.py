@@ -24,6 +24,7 @@ from coordinator.store.base import (
     KeyNotFound,
     StoreUnavailable,
     check_key,
+    check_kind,
 )
 
 __all__ = ["MemoryStore", "MemoryWatch"]
@@ -285,6 +286,13 @@ class MemoryStore:
         await self._enter("has", key)
         found = key in self._backend.data
         await self._leave("has", key)
+        return found
+
+    async def has_any(self, kind: str) -> bool:
+        check_kind(kind)
+        await self._enter("has", f"{kind}/any")
+        found = any(k.startswith(kind + "/") for k in self._backend.data)
+        await self._leave("has", f"{kind}/any")
         return found
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:

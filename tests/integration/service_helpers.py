@@ -54,6 +54,8 @@ from coordinator.core.sealing import (
 )
 from coordinator.core.seedengine import SeedShareDocument, decrypt_seed_share
 from coordinator.core.tlsid import SERVER_NAME
+from coordinator.service.feed import LifecycleConfig
+from coordinator.service.limits import RpcLimits
 from coordinator.service.server import CoordinatorServer, ServerConfig
 
 COORDINATOR_POLICY = b"concord test policy: coordinator\n"
@@ -187,6 +189,9 @@ class Coordinators:
         tee_type: str = "snp",
         etcd_options: Mapping[str, Any] | None = None,
         deployment: str = "default",
+        limits: RpcLimits | None = None,
+        lifecycle: LifecycleConfig | None = None,
+        require_pq: bool = False,
     ) -> CoordinatorServer:
         self._count += 1
         policy_file = self.base / f"coordinator-policy-{self._count}"
@@ -204,6 +209,9 @@ class Coordinators:
                 issuer_workers=2,
                 etcd_options=dict(etcd_options or {}),
                 deployment=deployment,
+                limits=limits or RpcLimits(),
+                lifecycle=lifecycle or LifecycleConfig(),
+                require_pq=require_pq,
             )
         )
         await server.start()
@@ -278,12 +286,22 @@ async def expect_status(
     raise AssertionError(f"expected {code.name}, the call succeeded: {result!r}")
 
 
+DEPLOYMENT_OF: dict[bytes, bytes] = {}
+"""Transition hash -> deployment ID, as the helpers saw them (update signatures name the
+deployment, DESIGN §12; the helpers look it up from the transition an update builds on)."""
+
+
+def remember_deployment(resp: pb.SetManifestResponse) -> None:
+    DEPLOYMENT_OF[bytes(resp.transition_hash)] = bytes(resp.deployment_id)
+
+
 async def set_first_manifest(
     chan: AttestedChannel, manifest: bytes, policies: Sequence[bytes]
 ) -> pb.SetManifestResponse:
     resp: pb.SetManifestResponse = await chan.user.SetManifest(
         pb.SetManifestRequest(manifest=manifest, policies=list(policies)), timeout=20
     )
+    remember_deployment(resp)
     return resp
 
 
@@ -294,17 +312,22 @@ def update_request(
     owner: ec.EllipticCurvePrivateKey | None,
     *,
     sign_with: ec.EllipticCurvePrivateKey | None = None,
+    deployment: bytes | None = None,
 ) -> pb.SetManifestRequest:
-    """A signed update of the manifest history from ``previous``."""
+    """A signed update of the manifest history from ``previous``, in ``deployment`` (by default
+    the one the helpers saw ``previous`` in; all zeros when unknown)."""
     # A malformed ``previous`` (refusal tests) still gets a well-formed signature over something.
     new_hash = transition_hash(sha256(manifest), previous if len(previous) == 32 else bytes(32))
+    if deployment is None:
+        deployment = DEPLOYMENT_OF.get(bytes(previous), bytes(32))
+    DEPLOYMENT_OF[new_hash] = deployment  # the newest: equal hashes recur across deployments
     signer = sign_with or owner
     return pb.SetManifestRequest(
         manifest=manifest,
         policies=list(policies),
         previous_transition_hash=previous,
         owner_public_key=public_spki(owner) if owner is not None else b"",
-        signature=sign_owner(signer, set_manifest_message(new_hash)) if signer else b"",
+        signature=sign_owner(signer, set_manifest_message(deployment, new_hash)) if signer else b"",
     )
 
 
@@ -365,25 +388,32 @@ async def join(chan: AttestedChannel, provider: MockProvider) -> Joined:
 
 
 async def peer_recover_request(
-    chan: AttestedChannel, provider: MockProvider
+    chan: AttestedChannel, provider: MockProvider, *, deployment: str | None = None
 ) -> tuple[pb.MeshRecoverRequest, X25519PrivateKey]:
+    """A peer-recovery request whose evidence binds ``deployment`` (default: the one the
+    coordinator attested, as a requester of the same deployment would)."""
     token = await challenge(chan)
     private, public = generate_keypair()
-    evidence = (
-        await asyncio.to_thread(provider.evidence, peer_recover_report_data(public, token))
-    ).encode()
+    name = chan.attestation.deployment if deployment is None else deployment
+    report_data = peer_recover_report_data(public, token, name)
+    evidence = (await asyncio.to_thread(provider.evidence, report_data)).encode()
     return pb.MeshRecoverRequest(evidence=evidence, hpke_public_key=public, token=token), private
 
 
-def user_recover_request(
+async def user_recover_request(
     chan: AttestedChannel,
     seed: bytes,
     salt: bytes,
     owner: rsa.RSAPrivateKey,
     *,
     force: bool = False,
+    expected: bytes | None = None,
 ) -> pb.UserRecoverRequest:
-    """Seed and salt sealed to the attested coordinator's HPKE key, signed by a share owner."""
+    """Seed and salt sealed to the attested coordinator's HPKE key, signed by a share owner,
+    naming ``expected`` (default: the store's latest, as GetHistory reports it)."""
+    if expected is None:
+        history = await chan.user.GetHistory(pb.GetHistoryRequest(), timeout=20)
+        expected = bytes(history.latest_transition_hash) or bytes(32)
     sealed = seal(
         chan.attestation.hpke_public_key,
         PURPOSE_USER_RECOVER,
@@ -393,9 +423,10 @@ def user_recover_request(
     return pb.UserRecoverRequest(
         sealed_secret=sealed,
         seedshare_owner_public_key=rsa_pkcs1_der(owner),
-        signature=sign_seedshare(owner, recover_message(nonce, sealed)),
+        signature=sign_seedshare(owner, recover_message(nonce, sealed, expected)),
         nonce=nonce,
         force=force,
+        expected_latest_transition_hash=expected,
     )
 
 

@@ -372,6 +372,8 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["first"] is True
+        first_transition = result["transition_hash"]
+        assert len(bytes.fromhex(result["deployment_id"])) == 32
         assert result["files"] == ["seedshares.json", "root-ca.pem", "mesh-ca.pem"]
         assert mode(out / "seedshares.json") == 0o600
         doc = SeedShareDocument.from_json((out / "seedshares.json").read_bytes())
@@ -463,6 +465,41 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert proc.returncode == 1
     assert "coordinator attestation failed" in one_line_error(proc)
 
+    # Pinning the deployment (DESIGN §12): by ID or by root CA file; another ID is refused with
+    # both IDs named, before any evidence or update is sent.
+    deployment_id = hashlib.sha256(
+        public_spki(x509.load_pem_x509_certificate(root_pem).public_key())
+    ).hexdigest()
+    proc = concord_verify(
+        user, d, d.manifest, tmp_path / "pin-ok", "--root-ca", out / "root-ca.pem"
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = concord_verify(
+        user, d, d.manifest, tmp_path / "pin-id", "--deployment-id", deployment_id, "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deployment_id"] == deployment_id
+    other = "ab" * 32
+    for proc in (
+        concord_verify(user, d, d.manifest, tmp_path / "pin-bad", "--deployment-id", other),
+        concord_join_mock(mesh, d, d.web_policy, tmp_path / "pin-join", "--deployment-id", other),
+        concord_set(
+            user, d, d.manifest_v2, tmp_path / "pin-set", "--owner-key", d.owner_key,
+            "--deployment-id", other,
+        ),
+    ):  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        line = one_line_error(proc)
+        assert "deployment mismatch" in line and other in line and deployment_id in line
+    assert not (tmp_path / "pin-join" / "key.pem").exists()
+    # --previous: an update only on top of exactly that transition.
+    proc = concord_set(
+        user, d, d.manifest_v2, tmp_path / "prev", "--owner-key", d.owner_key,
+        "--previous", "cd" * 32,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "not --previous" in one_line_error(proc)
+
     # recover on a ready coordinator: refused even with --force.
     proc = concord_recover(user, d, d.manifest, out / "seedshares.json", "--force")
     assert proc.returncode == 1
@@ -470,10 +507,12 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
 
     # Update signed by the owner key; the old manifest no longer verifies as latest.
     proc = concord_set(
-        user, d, d.manifest_v2, tmp_path / "owner2", "--owner-key", d.owner_key, "--json"
-    )
+        user, d, d.manifest_v2, tmp_path / "owner2", "--owner-key", d.owner_key, "--json",
+        "--previous", first_transition, "--root-ca", out / "root-ca.pem",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     update = json.loads(proc.stdout)
+    assert update["deployment_id"] == deployment_id
     assert update["first"] is False and update["files"] == ["root-ca.pem", "mesh-ca.pem"]
     assert not (tmp_path / "owner2" / "seedshares.json").exists()
     assert (tmp_path / "owner2" / "root-ca.pem").read_bytes() == root_pem
@@ -494,7 +533,9 @@ def test_cli_flow(deployment: Deployment, coordinator: CoordinatorProcess, tmp_p
     assert "recovery mode" in one_line_error(proc)
     proc = concord_recover(user, d, d.manifest_v2, out / "seedshares.json", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"recovered": True}
+    recovered = json.loads(proc.stdout)
+    assert recovered["recovered"] is True and recovered["restored_latest"] is False
+    assert recovered["transition_hash"] == update["transition_hash"]
     proc = concord("join", "-c", mesh, *web_mock, "--out", wout)
     assert proc.returncode == 0, proc.stderr
     assert (wout / "root-ca.pem").read_bytes() == root_pem

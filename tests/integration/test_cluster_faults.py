@@ -303,13 +303,15 @@ async def test_all_coordinators_lost_recovery_mode_until_a_seed_share_owner_reco
         )
     # A wrong seed is refused and changes nothing.
     await expect_status(
-        chans[0].user.Recover(user_recover_request(chans[0], bytes(64), salt, keys.seedshare)),
+        chans[0].user.Recover(
+            await user_recover_request(chans[0], bytes(64), salt, keys.seedshare)
+        ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
     assert await readyz(nodes[0]) == 503
 
     # The seed-share owner recovers one coordinator; the others recover from it.
-    await chans[1].user.Recover(user_recover_request(chans[1], seed, salt, keys.seedshare))
+    await chans[1].user.Recover(await user_recover_request(chans[1], seed, salt, keys.seedshare))
     recovered = time.monotonic()
     assert await readyz(nodes[1]) == 200
     took = await wait_status(nodes, ready=True, generation=1, timeout=LIVENESS_S)

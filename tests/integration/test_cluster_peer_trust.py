@@ -22,7 +22,7 @@ import pytest
 
 from coordinator.client.channel import CoordinatorPolicyMismatch
 from coordinator.cluster.recovery import Member, PeerRecovery, PeerRecoveryFailed
-from coordinator.core.state import NotInitialized, RecoveryRejected
+from coordinator.core.state import NotInitialized
 from coordinator.service.server import CoordinatorServer, ServerConfig
 from coordinator.store.etcd import EtcdStore
 from tests.integration.cluster_helpers import (
@@ -198,7 +198,9 @@ async def test_peer_recovery_only_from_an_attested_coordinator_at_latest(
             await recovery.recover_from(rogue_policy.mesh)
         with pytest.raises(PeerRecoveryFailed, match="latest"):
             await recovery.recover_from(other_history.mesh)
-        with pytest.raises(RecoveryRejected, match="seed does not sign"):
+        # Same transition hash, another deployment: refused on the attested deployment name
+        # before anything is asked (DESIGN §12; the seed check would refuse it next).
+        with pytest.raises(PeerRecoveryFailed, match="deployment"):
             await recovery.recover_from(same_hash.mesh)
         with pytest.raises(ConnectionRefusedError):
             await recovery.recover_from(f"127.0.0.1:{free_port()}")
@@ -247,7 +249,7 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
 
     # nodes[0] is ready and attests at the store's latest: refused without force.
     await expect_status(
-        chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare)),
+        chan.user.Recover(await user_recover_request(chan, seed, salt, keys.seedshare)),
         PRECONDITION,
         "ready peer",
     )
@@ -256,7 +258,9 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
     # Forced: recovered, with a mesh key of its own (the split that force warns about).
     y = await inprocess.start("y")
     ychan = await attested(y.addresses["user"], policy)
-    await ychan.user.Recover(user_recover_request(ychan, seed, salt, keys.seedshare, force=True))
+    await ychan.user.Recover(
+        await user_recover_request(ychan, seed, salt, keys.seedshare, force=True)
+    )
     await ychan.close()
     assert y.is_ready()
     latest, root, mesh = await attested_state(nodes[0].mesh, mock_tee)
@@ -270,7 +274,7 @@ async def test_user_recovery_refused_while_a_ready_peer_exists_unless_forced(
     nodes[0].kill()
     lingering = Member.decode("c0", (await store.list_members())["c0"])
     assert lingering is not None and lingering.ready
-    await chan.user.Recover(user_recover_request(chan, seed, salt, keys.seedshare))
+    await chan.user.Recover(await user_recover_request(chan, seed, salt, keys.seedshare))
     await chan.close()
     assert x.is_ready()
 

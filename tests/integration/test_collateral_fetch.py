@@ -38,7 +38,7 @@ from attestation.errors import CollateralExpired, EvidenceRejected
 from attestation.evidence import Evidence
 from attestation.reference import ReferenceValues, SnpReference, TdxReference
 from attestation.snp.report import parse_report
-from attestation.tdx.collateral import CollateralSignatureInvalid
+from attestation.tdx.collateral_model import CollateralSignatureInvalid
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verify import MissingCollateral
 from attestation.verify import Verifier
@@ -398,3 +398,41 @@ async def test_pcs_refreshes_before_next_update(world: World) -> None:
     world.time.t += 3600
     await svc.fill(Evidence(tee="tdx", report=world.tdx_quote()))
     assert world.vendor.count(targets.pck_crl) == 2  # refreshed (the CRL is due first)
+
+
+# --- keeping the directory warm (serve --collateral-url) ---------------------------------------
+
+
+async def test_warmer_fetches_what_verification_missed(
+    vendor: FakeVendor, tmp_path: Path, vectors: Path, production: anchors_mod.TrustAnchors
+) -> None:
+    from attestation.collateral.warmer import build_warmer
+
+    serve_kds(vendor, vectors)
+    registry = CollectorRegistry()
+    warmer, source = build_warmer(
+        tmp_path / "warm", [f"kds={vendor.url}", f"pcs={vendor.url}"], production, registry=registry
+    )
+    report = (vectors / "snp" / "milan-v2.report.bin").read_bytes()
+    verifier = Verifier(production, collateral=source)
+    ev = Evidence(tee="snp", report=report)
+    with pytest.raises(EvidenceRejected) as info:  # a miss is refused now, never waited for
+        verifier.verify(ev, snp_refs(report), None, SNP_AT)
+    assert info.value.reason == "missing_certificate"
+    task = asyncio.create_task(warmer.run())
+    try:
+        async with asyncio.timeout(60):
+            while warmer.rounds < 1:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    verifier.verify(ev, snp_refs(report), None, SNP_AT)
+    assert vendor.count("/vcek/") == 1
+    assert (
+        registry.get_sample_value(
+            "concord_collateral_fetches_total", {"kind": "vcek", "result": "ok"}
+        )
+        == 1
+    )

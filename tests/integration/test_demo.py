@@ -82,7 +82,16 @@ def test_demo_json_report_and_certificates(tmp_path: Path) -> None:
         "workload_secrets_stable": True,
         "update_applied": True,
         "rejoined_under_recovered_mesh_ca": True,
+        "mesh_no_failed_connection": True,
+        "mesh_agents_renewed": True,
     }
+    # Two workloads kept talking mutual TLS through the update, the restart and the recovery
+    # (a new mesh key), and their agents renewed by the clock too (DESIGN §15).
+    mesh_run = report["mesh"]
+    assert mesh_run["connections_failed"] == 0 and mesh_run["errors"] == []
+    assert mesh_run["connections_ok"] > 0
+    assert all(n >= 5 for n in mesh_run["renewals"].values())
+    assert all(n >= mesh_run["renewals"][w] for w, n in mesh_run["reloads"].items())
     first, second = report["transitions"]
     assert HEX64.fullmatch(first) and HEX64.fullmatch(second) and first != second
     mesh = report["mesh_ca_sha256"]

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from attestation import cli
 from attestation.evidence import Evidence
 from attestation.snp.report import parse_report
-from attestation.tdx.collateral import load_collateral_json
+from attestation.tdx.collateral_model import load_collateral_json
 from attestation.tdx.quote import parse_quote
 
 REPO = Path(__file__).resolve().parents[2]
@@ -705,11 +705,9 @@ def test_verify_without_references_reports_authenticity_only(
 ) -> None:
     """No --reference-values: no reference the user never gave is listed or judged."""
     report, vcek = snp(vectors, "milan-v2")
-    for tee in ([], ["--tee", "snp"]):
-        res = run(
-            capsys,
-            *("evidence", "verify", report, "--vcek", vcek, "--at", "2024-06-01", *tee),
-        )
+    tee_flags: list[list[str]] = [[], ["--tee", "snp"]]
+    for tee in tee_flags:
+        res = run(capsys, "evidence", "verify", report, "--vcek", vcek, "--at", "2024-06-01", *tee)
         assert res.code == 0, res
         assert "authenticity: verified" in res.out
         assert "reference_match: not checked" in res.out

@@ -1,5 +1,5 @@
 """The README's walkthrough, run literally: the ``sh`` blocks between the walkthrough markers of
-README.md (or docs/walkthrough.md until the README carries them) run in one ``bash`` in an empty
+README.md run in one ``bash`` in an empty
 directory, ``concord`` being this checkout's command, on free loopback ports. Then every step's
 result is checked: keys, manifests, the seed shares, two joined workloads, a verified history of
 two manifests, and a coordinator that the walkthrough itself stopped."""
@@ -34,11 +34,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def walkthrough_source() -> Path:
-    """README.md once the walkthrough is pasted there, else the file it is kept in."""
-    readme = REPO / "README.md"
-    if readme.is_file() and START in readme.read_text(encoding="utf-8"):
-        return readme
-    return REPO / "docs" / "walkthrough.md"
+    """The README: the walkthrough a newcomer reads is the one the test runs."""
+    return REPO / "README.md"
 
 
 def extract_blocks(text: str) -> list[str]:

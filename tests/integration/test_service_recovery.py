@@ -66,7 +66,7 @@ async def test_user_recover_outside_recovery_mode(
 ) -> None:
     fresh = await coordinators.start()
     user = await connect(fresh, "user", tee=mock_tee)
-    request = user_recover_request(user, os.urandom(64), os.urandom(32), keys.seedshare)
+    request = await user_recover_request(user, os.urandom(64), os.urandom(32), keys.seedshare)
     await expect_status(user.user.Recover(request), PRECONDITION, "not initialized")
     assert (await snapshot(fresh)).latest is None
     await user.close()
@@ -74,7 +74,7 @@ async def test_user_recover_outside_recovery_mode(
     dep = await deploy(coordinators, mock_tee, keys)
     before = await snapshot(dep.server)
     # Even the right seed is refused while the state is fresh: recovery is not a back door.
-    request = user_recover_request(dep.user, dep.seed, dep.salt, keys.seedshare, force=True)
+    request = await user_recover_request(dep.user, dep.seed, dep.salt, keys.seedshare, force=True)
     exc = await expect_status(dep.user.user.Recover(request), PRECONDITION, "not in recovery mode")
     assert dep.seed.hex() not in (exc.details() or "")
     assert await snapshot(dep.server) == before
@@ -135,39 +135,45 @@ async def test_restart_recovery_mode_and_user_recovery(
         await _still_in_recovery(server, mock_tee)
 
     await refused(
-        user_recover_request(user, os.urandom(64), dep.salt, keys.seedshare), DENIED, "seed"
+        await user_recover_request(user, os.urandom(64), dep.salt, keys.seedshare), DENIED, "seed"
     )
     await refused(
-        user_recover_request(user, dep.seed, os.urandom(32), keys.seedshare), DENIED, "seed"
+        await user_recover_request(user, dep.seed, os.urandom(32), keys.seedshare), DENIED, "seed"
     )
     await refused(
-        user_recover_request(user, dep.seed, dep.salt, keys.other_seedshare),
+        await user_recover_request(user, dep.seed, dep.salt, keys.other_seedshare),
         DENIED,
         "not a seed-share owner",
     )
-    forged = user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
+    forged = await user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
     forged.signature = sign_seedshare(
-        keys.other_seedshare, recover_message(forged.nonce, forged.sealed_secret)
+        keys.other_seedshare,
+        recover_message(forged.nonce, forged.sealed_secret, forged.expected_latest_transition_hash),
     )
     await refused(forged, DENIED, "signature")
-    replayed = user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
+    replayed = await user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
     replayed.nonce = os.urandom(32)  # the signature covers the nonce
     await refused(replayed, DENIED, "signature")
     # Sealed to another HPKE key (say, the old process's) and properly signed.
-    misdirected = user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
+    misdirected = await user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
     misdirected.sealed_secret = seal(dep.user.attestation.hpke_public_key, "user-recover", b"\xa0")
     misdirected.signature = sign_seedshare(
-        keys.seedshare, recover_message(misdirected.nonce, misdirected.sealed_secret)
+        keys.seedshare,
+        recover_message(
+            misdirected.nonce,
+            misdirected.sealed_secret,
+            misdirected.expected_latest_transition_hash,
+        ),
     )
     await refused(misdirected, INVALID, "sealed box")
-    short_nonce = user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
+    short_nonce = await user_recover_request(user, dep.seed, dep.salt, keys.seedshare)
     short_nonce.nonce = b"\x00" * 31
     await refused(short_nonce, INVALID, "nonce")
     for message in messages:
         assert dep.seed.hex() not in message and secret.hex() not in message
 
     # -- the right seed: ready again, same root, new mesh CA -----------------------------------
-    await user.user.Recover(user_recover_request(user, dep.seed, dep.salt, keys.seedshare))
+    await user.user.Recover(await user_recover_request(user, dep.seed, dep.salt, keys.seedshare))
     assert (await http_get(server.addresses["http"], "/readyz"))[0] == 200
     history = await user.user.GetManifests(pb.GetManifestsRequest())
     assert list(history.manifests) == [dep.manifest]
@@ -182,7 +188,7 @@ async def test_restart_recovery_mode_and_user_recovery(
         == 1.0
     )
     await expect_status(
-        user.user.Recover(user_recover_request(user, dep.seed, dep.salt, keys.seedshare)),
+        user.user.Recover(await user_recover_request(user, dep.seed, dep.salt, keys.seedshare)),
         PRECONDITION,
         "not in recovery mode",
     )

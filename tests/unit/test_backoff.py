@@ -10,10 +10,10 @@ from typing import Any, cast
 
 import pytest
 
+from coordinator.backoff import MONOTONIC, Backoff, BackoffError, Clock, MonotonicClock
 from coordinator.client.channel import CoordinatorPolicy
 from coordinator.client.operations import JOIN_BACKOFF, NotReady, join
 from coordinator.cluster.recovery import RETRY_BACKOFF
-from coordinator.core.backoff import MONOTONIC, Backoff, BackoffError, Clock, MonotonicClock
 from coordinator.core.state import WATCH_BACKOFF
 from coordinator.errors import ConcordError
 from coordinator.service.server import WATCH_BACKOFF as SERVER_WATCH_BACKOFF

@@ -93,7 +93,7 @@ def test_encoding_is_canonical_and_byte_exact() -> None:
 
 
 def test_real_vectors_round_trip_byte_exact(vectors: Path) -> None:
-    from attestation.tdx.collateral import load_collateral_json
+    from attestation.tdx.collateral_model import load_collateral_json
 
     report = (vectors / "snp" / "milan-v2.report.bin").read_bytes()
     vcek = (vectors / "snp" / "milan-v2.vcek.der").read_bytes()

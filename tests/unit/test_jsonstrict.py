@@ -41,7 +41,7 @@ def test_long_keys_are_cut_in_the_message() -> None:
 def test_every_trusted_document_uses_it() -> None:
     """Manifests, seed-share documents and TDX collateral all refuse a repeated key."""
     from attestation.errors import CollateralRejected
-    from attestation.tdx.collateral import _load_json
+    from attestation.tdx.collateral_parse import _load_json
     from coordinator.core.manifest import Manifest, ManifestError
     from coordinator.core.seedengine import SeedEngineError, SeedShareDocument
 

@@ -22,6 +22,9 @@ PKG = Path("coordinator") / "api" / "v1"
 
 B = FieldDescriptor.TYPE_BYTES
 BOOL = FieldDescriptor.TYPE_BOOL
+STR = FieldDescriptor.TYPE_STRING
+U32 = FieldDescriptor.TYPE_UINT32
+ENUM = FieldDescriptor.TYPE_ENUM
 REP = "repeated"
 ONE = "optional"
 
@@ -35,6 +38,8 @@ EXPECTED_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
         ("latest_transition_hash", 4, B, ONE),
         ("root_ca_pem", 5, B, ONE),
         ("mesh_ca_pem", 6, B, ONE),
+        ("deployment", 7, STR, ONE),
+        ("token", 8, B, ONE),
     ],
     "ChallengeRequest": [],
     "ChallengeResponse": [("token", 1, B, ONE)],
@@ -50,6 +55,7 @@ EXPECTED_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
         ("mesh_ca_pem", 2, B, ONE),
         ("transition_hash", 3, B, ONE),
         ("seed_share_document", 4, B, ONE),
+        ("deployment_id", 5, B, ONE),
     ],
     "GetManifestsRequest": [],
     "GetManifestsResponse": [
@@ -60,6 +66,7 @@ EXPECTED_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
         ("latest_transition_hash", 5, B, ONE),
         ("latest_signature", 6, B, ONE),
         ("history_signing_public_key", 7, B, ONE),
+        ("deployment_id", 8, B, ONE),
     ],
     "UserRecoverRequest": [
         ("sealed_secret", 1, B, ONE),
@@ -67,26 +74,56 @@ EXPECTED_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
         ("signature", 3, B, ONE),
         ("nonce", 4, B, ONE),
         ("force", 5, BOOL, ONE),
+        ("expected_latest_transition_hash", 6, B, ONE),
     ],
-    "UserRecoverResponse": [],
+    "UserRecoverResponse": [
+        ("shares_received", 1, U32, ONE),
+        ("shares_needed", 2, U32, ONE),
+        ("shares_dropped", 3, U32, ONE),
+    ],
+    "GetHistoryRequest": [],
+    "GetHistoryResponse": [
+        ("manifests", 1, B, REP),
+        ("latest_transition_hash", 2, B, ONE),
+        ("latest_signature", 3, B, ONE),
+    ],
     "NewMeshCertRequest": [
         ("evidence", 1, B, ONE),
         ("leaf_public_key", 2, B, ONE),
         ("hpke_public_key", 3, B, ONE),
         ("token", 4, B, ONE),
+        ("hpke_suites", 16, ENUM, REP),
+        ("pq_hpke_public_key", 17, B, ONE),
     ],
     "NewMeshCertResponse": [
         ("certificate_chain_pem", 1, B, ONE),
         ("mesh_ca_pem", 2, B, ONE),
         ("root_ca_pem", 3, B, ONE),
         ("sealed_workload_secret", 4, B, ONE),
+        ("mesh_ca_bundle_pem", 5, B, ONE),
+        ("leaf_lifetime_seconds", 6, U32, ONE),
+        ("hpke_suite", 16, ENUM, ONE),
     ],
     "MeshRecoverRequest": [
         ("evidence", 1, B, ONE),
         ("hpke_public_key", 2, B, ONE),
         ("token", 3, B, ONE),
+        ("hpke_suites", 16, ENUM, REP),
+        ("pq_hpke_public_key", 17, B, ONE),
     ],
-    "MeshRecoverResponse": [("sealed_secrets", 1, B, ONE)],
+    "MeshRecoverResponse": [("sealed_secrets", 1, B, ONE), ("hpke_suite", 16, ENUM, ONE)],
+    "WatchRequest": [],
+    "WatchEvent": [
+        ("heartbeat", 1, BOOL, ONE),
+        ("ready", 2, BOOL, ONE),
+        ("state_digest", 3, B, ONE),
+        ("latest_transition_hash", 4, B, ONE),
+        ("root_ca_pem", 5, B, ONE),
+        ("mesh_ca_pem", 6, B, ONE),
+        ("mesh_ca_bundle_pem", 7, B, ONE),
+        ("token", 8, B, ONE),
+        ("leaf_lifetime_seconds", 9, U32, ONE),
+    ],
 }
 
 # service -> [(method, request, response)]
@@ -99,10 +136,12 @@ EXPECTED_SERVICES: dict[str, list[tuple[str, str, str]]] = {
         ("SetManifest", "SetManifestRequest", "SetManifestResponse"),
         ("GetManifests", "GetManifestsRequest", "GetManifestsResponse"),
         ("Recover", "UserRecoverRequest", "UserRecoverResponse"),
+        ("GetHistory", "GetHistoryRequest", "GetHistoryResponse"),
     ],
     "MeshAPI": [
         ("NewMeshCert", "NewMeshCertRequest", "NewMeshCertResponse"),
         ("Recover", "MeshRecoverRequest", "MeshRecoverResponse"),
+        ("Watch", "WatchRequest", "WatchEvent"),
     ],
 }
 
@@ -182,15 +221,21 @@ def test_stub_method_paths() -> None:
             seen.append(path)
             return path
 
+        def unary_stream(self, path: str, **_: object) -> str:
+            seen.append(path)
+            return path
+
     concord_pb2_grpc.MeshAPIStub(_Channel())
     concord_pb2_grpc.UserAPIStub(_Channel())
     concord_pb2_grpc.AttestationStub(_Channel())
     assert seen == [
         "/concord.v1.MeshAPI/NewMeshCert",
         "/concord.v1.MeshAPI/Recover",
+        "/concord.v1.MeshAPI/Watch",
         "/concord.v1.UserAPI/SetManifest",
         "/concord.v1.UserAPI/GetManifests",
         "/concord.v1.UserAPI/Recover",
+        "/concord.v1.UserAPI/GetHistory",
         "/concord.v1.Attestation/Attest",
         "/concord.v1.Attestation/Challenge",
     ]

@@ -163,7 +163,7 @@ def test_real_snp_evidence_rejected_under_mock_anchors(mock_dir: Path, vectors: 
 
 
 def test_real_tdx_evidence_rejected_under_mock_anchors(mock_dir: Path, vectors: Path) -> None:
-    from attestation.tdx.collateral import load_collateral_json
+    from attestation.tdx.collateral_model import load_collateral_json
     from attestation.tdx.quote import parse_quote
 
     quote = (vectors / "tdx" / "uptodate-v4.quote.bin").read_bytes()

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from attestation import anchors
+from attestation.mock.snp import MockAmd, create_mock_amd
+from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.providers.base import ProviderError
 from attestation.providers.tsm import DEFAULT_ROOT, OsFs, TsmProvider, parse_snp_cert_table
 from attestation.reference import SnpReference, TdxReference
-from attestation.mock.snp import MockAmd, create_mock_amd
 from attestation.snp.report import parse_report
 from attestation.snp.verify import verify_snp
-from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.tdx.verify import verify_tdx
 
 ROOT = Path("/fake/sys/kernel/config/tsm/report")

@@ -30,6 +30,8 @@ from coordinator.store.base import ConcurrentUpdate
 COORD_POLICY = b"rules test: coordinator"
 WEB_POLICY = b"rules test: web"
 CURRENT_HASH = hashlib.sha256(b"current transition").digest()
+DEPLOYMENT = hashlib.sha256(b"root CA SPKI of this deployment").digest()
+EXPECTED = hashlib.sha256(b"the latest transition the owner recovers").digest()
 
 
 def sha(data: bytes) -> bytes:
@@ -72,8 +74,10 @@ def make_manifest(
 def signed_update(
     key: ec.EllipticCurvePrivateKey, new: Manifest, previous: bytes = CURRENT_HASH
 ) -> rules.UpdateRequest:
-    signature = sign_owner(key, set_manifest_message(transition_hash(new.digest, previous)))
-    return rules.UpdateRequest(new, previous, public_spki(key), signature)
+    signature = sign_owner(
+        key, set_manifest_message(DEPLOYMENT, transition_hash(new.digest, previous))
+    )
+    return rules.UpdateRequest(new.raw, previous, public_spki(key), signature)
 
 
 def refused(err: ConcordError, reason: str, status: Status) -> None:
@@ -132,7 +136,8 @@ def test_update_by_an_owner_is_accepted(
 ) -> None:
     current = make_manifest([owner], seed_owners)
     new = make_manifest([owner], seed_owners, extra="-v2")
-    rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new))
+    rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new), DEPLOYMENT)
+    rules.check_update_manifest(current, new)
 
 
 def test_update_disabled_without_owners(
@@ -141,7 +146,7 @@ def test_update_disabled_without_owners(
     current = make_manifest([], seed_owners)
     new = make_manifest([owner], seed_owners)
     with pytest.raises(rules.UpdatesDisabled) as exc:
-        rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new))
+        rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new), DEPLOYMENT)
     refused(exc.value, "updates_disabled", Status.PERMISSION_DENIED)
 
 
@@ -154,11 +159,11 @@ def test_update_owner_is_checked_against_the_current_manifest(
     # The new manifest lists the stranger: an update cannot authorise itself.
     new = make_manifest([owner, stranger], seed_owners)
     with pytest.raises(rules.NotWorkloadOwner) as exc:
-        rules.authorise_update(current, CURRENT_HASH, signed_update(stranger, new))
+        rules.authorise_update(current, CURRENT_HASH, signed_update(stranger, new), DEPLOYMENT)
     refused(exc.value, "not_workload_owner", Status.PERMISSION_DENIED)
-    empty_key = rules.UpdateRequest(new, CURRENT_HASH, b"", b"")
+    empty_key = rules.UpdateRequest(new.raw, CURRENT_HASH, b"", b"")
     with pytest.raises(rules.NotWorkloadOwner):
-        rules.authorise_update(current, CURRENT_HASH, empty_key)
+        rules.authorise_update(current, CURRENT_HASH, empty_key, DEPLOYMENT)
 
 
 def test_update_on_an_old_transition_is_concurrent(
@@ -168,7 +173,7 @@ def test_update_on_an_old_transition_is_concurrent(
     new = make_manifest([owner], seed_owners, extra="-v2")
     stale_view = signed_update(owner, new, previous=sha(b"an older transition"))
     with pytest.raises(ConcurrentUpdate) as exc:
-        rules.authorise_update(current, CURRENT_HASH, stale_view)
+        rules.authorise_update(current, CURRENT_HASH, stale_view, DEPLOYMENT)
     refused(exc.value, "concurrent_update", Status.FAILED_PRECONDITION)
     assert exc.value.public_message().startswith("concurrent update: ")
 
@@ -178,8 +183,9 @@ def test_update_may_not_change_seedshare_owners(
 ) -> None:
     current = make_manifest([owner], seed_owners)
     new = make_manifest([owner], seed_owners[:1])
+    rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new), DEPLOYMENT)
     with pytest.raises(rules.SeedshareOwnersChanged) as exc:
-        rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new))
+        rules.check_update_manifest(current, new)
     refused(exc.value, "seedshare_owners_changed", Status.INVALID_ARGUMENT)
 
 
@@ -191,10 +197,10 @@ def test_update_signature_must_cover_the_new_transition(
     other = make_manifest([owner], seed_owners, extra="-v3")
     signed_for_other = signed_update(owner, other)
     request = rules.UpdateRequest(
-        new, CURRENT_HASH, signed_for_other.owner_public_key, signed_for_other.signature
+        new.raw, CURRENT_HASH, signed_for_other.owner_public_key, signed_for_other.signature
     )
     with pytest.raises(SignatureError) as exc:
-        rules.authorise_update(current, CURRENT_HASH, request)
+        rules.authorise_update(current, CURRENT_HASH, request, DEPLOYMENT)
     refused(exc.value, "signature_invalid", Status.PERMISSION_DENIED)
 
 
@@ -214,12 +220,12 @@ def test_user_recovery_by_a_seedshare_owner(
     latest = make_manifest([owner], seed_owners[:1])
     nonce, sealed = os.urandom(32), os.urandom(80)
     key = seed_owners[0]
-    signature = sign_seedshare(key, recover_message(nonce, sealed))
+    signature = sign_seedshare(key, recover_message(nonce, sealed, EXPECTED))
     pkcs1 = rsa_pkcs1_der(key.public_key())
-    rules.authorise_user_recovery(latest, pkcs1, signature, nonce, sealed)
+    rules.authorise_user_recovery(latest, pkcs1, signature, nonce, sealed, EXPECTED)
 
     with pytest.raises(SignatureError) as bad_sig:
-        rules.authorise_user_recovery(latest, pkcs1, signature, os.urandom(32), sealed)
+        rules.authorise_user_recovery(latest, pkcs1, signature, os.urandom(32), sealed, EXPECTED)
     refused(bad_sig.value, "signature_invalid", Status.PERMISSION_DENIED)
 
     outsider = seed_owners[1]
@@ -227,9 +233,10 @@ def test_user_recovery_by_a_seedshare_owner(
         rules.authorise_user_recovery(
             latest,
             rsa_pkcs1_der(outsider.public_key()),
-            sign_seedshare(outsider, recover_message(nonce, sealed)),
+            sign_seedshare(outsider, recover_message(nonce, sealed, EXPECTED)),
             nonce,
             sealed,
+            EXPECTED,
         )
     refused(exc.value, "not_seedshare_owner", Status.PERMISSION_DENIED)
 
@@ -269,10 +276,82 @@ def test_rule_errors_do_not_leak_key_material(
     current = make_manifest([owner], seed_owners)
     new = make_manifest([owner], seed_owners[:1])
     with pytest.raises(ConcordError) as exc:
-        rules.authorise_update(current, CURRENT_HASH, signed_update(owner, new))
+        rules.check_update_manifest(current, new)
     der = owner.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     assert der.hex() not in exc.value.public_message()
+
+
+def test_update_is_authorised_from_raw_bytes_before_any_parsing(
+    owner: ec.EllipticCurvePrivateKey,
+    stranger: ec.EllipticCurvePrivateKey,
+    seed_owners: list[rsa.RSAPrivateKey],
+) -> None:
+    """DESIGN §13: the signature covers sha256(raw), so a stranger's document is refused
+    without being parsed, even when it is not a manifest at all; an owner's is accepted."""
+    current = make_manifest([owner], seed_owners)
+    garbage = b"[" * 100_000
+    signature = sign_owner(
+        stranger, set_manifest_message(DEPLOYMENT, transition_hash(sha(garbage), CURRENT_HASH))
+    )
+    with pytest.raises(rules.NotWorkloadOwner):
+        rules.authorise_update(
+            current,
+            CURRENT_HASH,
+            rules.UpdateRequest(garbage, CURRENT_HASH, public_spki(stranger), signature),
+            DEPLOYMENT,
+        )
+    forged = rules.UpdateRequest(garbage, CURRENT_HASH, public_spki(owner), signature)
+    with pytest.raises(SignatureError):
+        rules.authorise_update(current, CURRENT_HASH, forged, DEPLOYMENT)
+    owner_signature = sign_owner(
+        owner, set_manifest_message(DEPLOYMENT, transition_hash(sha(garbage), CURRENT_HASH))
+    )
+    rules.authorise_update(
+        current,
+        CURRENT_HASH,
+        rules.UpdateRequest(garbage, CURRENT_HASH, public_spki(owner), owner_signature),
+        DEPLOYMENT,
+    )
+
+
+# --- DESIGN §12: signatures name the deployment and the history --------------------------------
+
+
+def test_update_signed_for_another_deployment_is_refused(
+    owner: ec.EllipticCurvePrivateKey, seed_owners: list[rsa.RSAPrivateKey]
+) -> None:
+    """Two deployments started from the same first manifest share transition hashes: only the
+    deployment ID in the signed message tells them apart."""
+    current = make_manifest([owner], seed_owners)
+    new = make_manifest([owner], seed_owners, extra="-v2")
+    request = signed_update(owner, new)
+    rules.authorise_update(current, CURRENT_HASH, request, DEPLOYMENT)
+    with pytest.raises(SignatureError):
+        rules.authorise_update(current, CURRENT_HASH, request, sha(b"another deployment"))
+
+
+def test_recovery_signed_for_another_history_is_refused(
+    owner: ec.EllipticCurvePrivateKey, seed_owners: list[rsa.RSAPrivateKey]
+) -> None:
+    latest = make_manifest([owner], seed_owners[:1])
+    nonce, sealed = os.urandom(32), os.urandom(80)
+    key = seed_owners[0]
+    pkcs1 = rsa_pkcs1_der(key.public_key())
+    signature = sign_seedshare(key, recover_message(nonce, sealed, EXPECTED))
+    with pytest.raises(SignatureError):
+        rules.authorise_user_recovery(latest, pkcs1, signature, nonce, sealed, CURRENT_HASH)
+
+
+def test_expected_latest_names_both() -> None:
+    rules.check_expected_latest(EXPECTED, EXPECTED)
+    with pytest.raises(rules.UnexpectedLatest) as exc:
+        rules.check_expected_latest(EXPECTED, CURRENT_HASH)
+    refused(exc.value, "unexpected_latest", Status.FAILED_PRECONDITION)
+    assert EXPECTED.hex() in str(exc.value) and CURRENT_HASH.hex() in str(exc.value)
+    with pytest.raises(rules.UnexpectedLatest) as none:
+        rules.check_expected_latest(EXPECTED, None)
+    assert "(none)" in str(none.value)

@@ -22,9 +22,9 @@ from attestation.errors import (
     SizeLimitExceeded,
     UntrustedRoot,
 )
+from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate
 from attestation.reference import SnpTcb
 from attestation.snp import certs as c
-from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate
 from tests.unit.snp_helpers import (  # noqa: F401  (fixtures)
     NOW,
     mock_amd_anchors,

@@ -39,9 +39,9 @@ from attestation.errors import (
     UnsupportedVersion,
     UntrustedRoot,
 )
+from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate, load_mock_amd
 from attestation.reference import SnpGuestPolicy, SnpReference, SnpTcb, parse_snp_reference
 from attestation.snp import certs as c
-from attestation.mock.snp import MockAmd, create_mock_amd, issue_certificate, load_mock_amd
 from attestation.snp.policy import (
     AbiVersionTooLow,
     ChipIdNotAllowed,

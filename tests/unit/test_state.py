@@ -18,11 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.core.history import LATEST_KEY, ZERO_HASH, History
 from coordinator.core.manifest import Manifest, ManifestError
+from coordinator.core.rules import HistoryWithoutLatest
 from coordinator.core.seedengine import SeedEngine
 from coordinator.core.state import (
     ConcurrentUpdate,
     Guard,
     InvalidPolicies,
+    NotDescendant,
     NotInitialized,
     RecoveryRejected,
     Stale,
@@ -350,10 +352,18 @@ async def test_reset_with_outdated_old() -> None:
     with pytest.raises(ConcurrentUpdate):
         await b.reset_state(None, authorizer_for(s1))
 
+    # Re-adopting the transition it already holds is no descent: refused before any secret.
+    asked: list[Manifest] = []
+    with pytest.raises(NotDescendant):
+        await b.reset_state(r, authorizer_for(s1, asked))
+    assert asked == [] and b.current() is r
+
     # The local State changes while the authorizer runs: the reset must not install.
+    s2 = await a.update_state(s1, M2, [])
+
     async def slow(m: Manifest) -> tuple[SeedEngine, ec.EllipticCurvePrivateKey]:
-        await b.reset_state(r, authorizer_for(s1))
-        return s1.seed_engine, s1.mesh_key
+        await b.reset_state(r, authorizer_for(s2))
+        return s2.seed_engine, s2.mesh_key
 
     with pytest.raises(ConcurrentUpdate):
         await b.reset_state(r, slow)
@@ -378,6 +388,9 @@ class GatedStore:
 
     async def has(self, key: str) -> bool:
         return await self.inner.has(key)
+
+    async def has_any(self, kind: str) -> bool:
+        return await self.inner.has_any(kind)
 
     async def compare_and_swap(self, key: str, old: bytes, new: bytes) -> None:
         await self.inner.compare_and_swap(key, old, new)
@@ -572,19 +585,22 @@ async def test_watcher_restarts_with_backoff() -> None:
     assert view.active_watches == 0
 
 
-async def test_malformed_latest_marks_stale_and_bad_callback_is_contained() -> None:
+async def test_malformed_latest_is_tamper_not_stale_and_bad_callback_is_contained() -> None:
     store = MemoryStore()
 
-    def explode(state: State | None) -> None:
+    def explode(event: object) -> None:
         raise RuntimeError("callback bug")
 
-    g = Guard(History(store), on_stale=explode)
+    g = Guard(History(store), on_tamper=explode)
     s = await g.update_state(None, M1, [], seed_engine=engine(0))
     async with watching([g]):
         await store.set(LATEST_KEY, b"not a signed latest")
         async with asyncio.timeout(TIMEOUT):
-            await g.stale_event.wait()
-        assert s.stale
+            await g.wait_until(lambda: len(g.tamper_events) == 1)
+            await g.wait_until(lambda: g.handled[-1] == s.transition.hash)  # repair heard back
+        assert [e.kind for e in g.tamper_events] == ["malformed"]
+        assert not s.stale and await g.get_state() is s
+        assert await store.get(LATEST_KEY) == s.latest.encode()
         assert g.watch_ready.is_set()  # the watcher kept running
 
 
@@ -629,7 +645,13 @@ async def race_round(rnd: int) -> None:
         )
         winners = [i for i, r in enumerate(results) if isinstance(r, State)]
         assert len(winners) == 1, results
-        assert all(type(r) is ConcurrentUpdate for r in results if not isinstance(r, State))
+        # A loser that looks after the winner stored its blobs but before its CAS sees a
+        # history without latest: refused as well, never trusted on first use.
+        assert all(
+            type(r) in (ConcurrentUpdate, HistoryWithoutLatest)
+            for r in results
+            if not isinstance(r, State)
+        )
         w = winners[0]
         first = results[w]
         assert isinstance(first, State)

@@ -1,4 +1,4 @@
-"""TDX collateral (attestation/tdx/collateral.py): loading, signatures, dates, CRLs, TCB."""
+"""TDX collateral (attestation/tdx/collateral_*.py, tcb.py): loading, signatures, dates, CRLs, TCB."""
 
 from __future__ import annotations
 
@@ -23,23 +23,18 @@ from attestation.errors import (
     TcbStatusRejected,
     UntrustedRoot,
 )
-from attestation.tdx.collateral import (
+from attestation.mock.tdx import MockIntel, create_mock_intel
+from attestation.tdx.collateral_model import (
     CollateralMismatch,
     CollateralSignatureInvalid,
     QeIdentityMismatch,
     TdxCollateral,
     TdxModuleMismatch,
-    VerifiedCollateral,
-    converge,
-    evaluate_tcb,
     extract_signed_json,
     load_collateral_json,
-    parse_crl,
-    parse_qe_identity,
-    parse_tcb_info,
-    verify_collateral,
 )
-from attestation.mock.tdx import MockIntel, create_mock_intel
+from attestation.tdx.collateral_parse import parse_crl, parse_qe_identity, parse_tcb_info
+from attestation.tdx.collateral_verify import VerifiedCollateral, verify_collateral
 from attestation.tdx.pck import (
     PckChain,
     split_pem_certificates,
@@ -47,6 +42,7 @@ from attestation.tdx.pck import (
     verify_signer_chain,
 )
 from attestation.tdx.quote import TdxQuote, parse_quote
+from attestation.tdx.tcb import converge, evaluate_tcb
 from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
     NOW,
     SEPT_VE,

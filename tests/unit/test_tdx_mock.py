@@ -15,13 +15,13 @@ from cryptography.x509.oid import NameOID
 
 from attestation import anchors as anchors_mod
 from attestation.errors import UntrustedRoot
-from attestation.reference import TdxReference
 from attestation.mock.tdx import (
     DEFAULT_TEE_TCB_SVN,
     DEFAULT_XFAM,
     create_mock_intel,
     load_mock_intel,
 )
+from attestation.reference import TdxReference
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verify import verify_tdx
 

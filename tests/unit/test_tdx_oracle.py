@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation.anchors import TrustAnchors, production
 from attestation.errors import EvidenceRejected
+from attestation.mock.tdx import DEFAULT_TEE_TCB_SVN, MockIntel
 from attestation.reference import TDX_TCB_STATUSES, TdxReference
-from attestation.tdx.collateral import TdxCollateral, load_collateral_json
-from attestation.mock.tdx import MockIntel
+from attestation.tdx.collateral_model import TdxCollateral, load_collateral_json
 from attestation.tdx.pck import verify_pck_chain
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verify import verify_tdx
@@ -39,6 +39,11 @@ from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)
 )
 
 ACCEPT = tuple(s for s in TDX_TCB_STATUSES if s != "Revoked")
+# Statuses a published TCB level can carry (TDRelaunchAdvised* only result from evaluation).
+LEVEL_STATUSES = tuple(s for s in ACCEPT if not s.startswith("TDRelaunch"))
+BEHIND = bytes(
+    [DEFAULT_TEE_TCB_SVN[0], DEFAULT_TEE_TCB_SVN[1], DEFAULT_TEE_TCB_SVN[2] - 1]
+) + bytes(13)
 MR_TD = b"\x5a" * 48
 
 
@@ -208,7 +213,20 @@ MOCK_CASES: list[tuple[str, dict[str, Any], dict[str, Any], tuple[bool, str] | N
         {},
         (True, "OutOfDate"),
     ),
-    *[(f"platform {s}", {}, {"tcb": _tcb(s)}, (True, s)) for s in ACCEPT],
+    *[(f"platform {s}", {}, {"tcb": _tcb(s)}, (True, s)) for s in LEVEL_STATUSES],
+    # TDX 1.5: the TD was launched on an older module than the one loaded now (TEE_TCB_SVN_2)
+    (
+        "relaunch advised",
+        {"version": 5, "tee_tcb_svn": BEHIND, "tee_tcb_svn_2": DEFAULT_TEE_TCB_SVN},
+        {},
+        (True, "TDRelaunchAdvised"),
+    ),
+    (
+        "no relaunch advice",
+        {"version": 5, "tee_tcb_svn": BEHIND, "tee_tcb_svn_2": BEHIND},
+        {},
+        (True, "OutOfDate"),
+    ),
     (
         "platform Configuration + QE low",
         {"qe_svn": 1},

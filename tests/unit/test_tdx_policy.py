@@ -17,8 +17,8 @@ from attestation.errors import (
     TcbStatusRejected,
     TcbTooLow,
 )
-from attestation.reference import TdxReference, parse_tdx_reference
 from attestation.mock.tdx import MockIntel
+from attestation.reference import TdxReference, parse_tdx_reference
 from attestation.tdx.pck import verify_pck_chain
 from attestation.tdx.policy import PlatformNotAllowed, TdxClaims, check_reference, match_references
 from attestation.tdx.quote import TdxQuote, parse_quote

@@ -30,8 +30,9 @@ from attestation.errors import (
     UnsupportedVersion,
     UntrustedRoot,
 )
+from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.reference import TdxReference
-from attestation.tdx.collateral import (
+from attestation.tdx.collateral_model import (
     CollateralMismatch,
     CollateralSignatureInvalid,
     QeIdentityMismatch,
@@ -39,7 +40,6 @@ from attestation.tdx.collateral import (
     TdxModuleMismatch,
     load_collateral_json,
 )
-from attestation.mock.tdx import MockIntel, create_mock_intel
 from attestation.tdx.quote import InvalidAttestationKey, UnsupportedQuoteType, parse_quote
 from attestation.tdx.verify import MissingCollateral, TdxVerified, verify_tdx
 from tests.unit.tdx_helpers import (  # noqa: F401  (fixtures)

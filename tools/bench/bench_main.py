@@ -39,7 +39,9 @@ from coordinator.api.v1 import concord_pb2 as pb
 from coordinator.client.channel import AttestedChannel, CoordinatorPolicy, fetch_certificate
 from coordinator.core.issuance import BatchRunner, IssuedCertificate, Issuer, IssueRequest
 from coordinator.supervisor import Supervised, SupervisorError
+from tools.bench import abuse as abuse_mod
 from tools.bench import loadgen
+from tools.bench import renewal as renewal_mod
 from tools.bench.harness import (
     BenchDeployment,
     PreparedRequest,
@@ -120,6 +122,7 @@ def start_server(
     workers: int,
     module: str = SERVER_MODULE,
     cpus: Sequence[int] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> tuple[Supervised, dict[str, Any]]:
     """Start a coordinator process (``cpus``: pin it, and every thread it makes, to those). It
     gets SIGTERM if the harness dies, even by SIGKILL (Linux)."""
@@ -152,6 +155,7 @@ def start_server(
         "bench",
         "--issuer-workers",
         str(workers),
+        *extra_args,
     ]
     server = Supervised(
         cmd,
@@ -854,7 +858,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--baseline-rounds", type=int, default=15)
     p.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    abuse_parser = sub.add_parser(
+        "abuse", help="hostile clients: CPU per request and probe latency under attack"
+    )
+    abuse_mod.add_arguments(abuse_parser)
+    renewal_parser = sub.add_parser(
+        "renewal", help="renewal storm: N watching agents, one update, CPU per renewal"
+    )
+    renewal_mod.add_arguments(renewal_parser)
     a = ap.parse_args(argv)
+    if a.command == "renewal":
+        return a
+    if a.command == "abuse":
+        if a.duration <= 0 or a.streams < 1:
+            ap.error("--duration must be > 0 and --streams >= 1")
+        return a
     if a.duration <= 0 or a.warmup < 0 or a.clients < 1 or a.repeat < 1:
         ap.error("--duration must be > 0, --warmup >= 0, --clients and --repeat >= 1")
     if a.rss_only and a.rss_certs <= 0:
@@ -1004,6 +1022,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(list(sys.argv[1:] if argv is None else argv))
     if a.command == "issuance":
         return issuance(a)
+    if a.command == "abuse":
+        return abuse_mod.abuse(a)
+    if a.command == "renewal":
+        return renewal_mod.renewal(a)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

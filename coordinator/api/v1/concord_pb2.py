@@ -24,45 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n coordinator/api/v1/concord.proto\x12\nconcord.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x9b\x01\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_digest\x18\x03 \x01(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x04 \x01(\x0c\x12\x13\n\x0broot_ca_pem\x18\x05 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x06 \x01(\x0c\"\x12\n\x10\x43hallengeRequest\"\"\n\x11\x43hallengeResponse\x12\r\n\x05token\x18\x01 \x01(\x0c\"\x87\x01\n\x12SetManifestRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x10\n\x08policies\x18\x02 \x03(\x0c\x12 \n\x18previous_transition_hash\x18\x03 \x01(\x0c\x12\x18\n\x10owner_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"u\n\x13SetManifestResponse\x12\x13\n\x0broot_ca_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x02 \x01(\x0c\x12\x17\n\x0ftransition_hash\x18\x03 \x01(\x0c\x12\x1b\n\x13seed_share_document\x18\x04 \x01(\x0c\"\x15\n\x13GetManifestsRequest\"\xc3\x01\n\x14GetManifestsResponse\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\x12\x10\n\x08policies\x18\x02 \x03(\x0c\x12\x13\n\x0broot_ca_pem\x18\x03 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x04 \x01(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x05 \x01(\x0c\x12\x18\n\x10latest_signature\x18\x06 \x01(\x0c\x12\"\n\x1ahistory_signing_public_key\x18\x07 \x01(\x0c\"\x80\x01\n\x12UserRecoverRequest\x12\x15\n\rsealed_secret\x18\x01 \x01(\x0c\x12\"\n\x1aseedshare_owner_public_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\x15\n\x13UserRecoverResponse\"g\n\x12NewMeshCertRequest\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fleaf_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\"~\n\x13NewMeshCertResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x02 \x01(\x0c\x12\x13\n\x0broot_ca_pem\x18\x03 \x01(\x0c\x12\x1e\n\x16sealed_workload_secret\x18\x04 \x01(\x0c\"N\n\x12MeshRecoverRequest\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x02 \x01(\x0c\x12\r\n\x05token\x18\x03 \x01(\x0c\"-\n\x13MeshRecoverResponse\x12\x16\n\x0esealed_secrets\x18\x01 \x01(\x0c\x32\x98\x01\n\x0b\x41ttestation\x12?\n\x06\x41ttest\x12\x19.concord.v1.AttestRequest\x1a\x1a.concord.v1.AttestResponse\x12H\n\tChallenge\x12\x1c.concord.v1.ChallengeRequest\x1a\x1d.concord.v1.ChallengeResponse2\xf8\x01\n\x07UserAPI\x12N\n\x0bSetManifest\x12\x1e.concord.v1.SetManifestRequest\x1a\x1f.concord.v1.SetManifestResponse\x12Q\n\x0cGetManifests\x12\x1f.concord.v1.GetManifestsRequest\x1a .concord.v1.GetManifestsResponse\x12J\n\x07Recover\x12\x1e.concord.v1.UserRecoverRequest\x1a\x1f.concord.v1.UserRecoverResponse2\xa5\x01\n\x07MeshAPI\x12N\n\x0bNewMeshCert\x12\x1e.concord.v1.NewMeshCertRequest\x1a\x1f.concord.v1.NewMeshCertResponse\x12J\n\x07Recover\x12\x1e.concord.v1.MeshRecoverRequest\x1a\x1f.concord.v1.MeshRecoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n coordinator/api/v1/concord.proto\x12\nconcord.v1\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xbe\x01\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_digest\x18\x03 \x01(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x04 \x01(\x0c\x12\x13\n\x0broot_ca_pem\x18\x05 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x06 \x01(\x0c\x12\x12\n\ndeployment\x18\x07 \x01(\t\x12\r\n\x05token\x18\x08 \x01(\x0c\"\x12\n\x10\x43hallengeRequest\"\"\n\x11\x43hallengeResponse\x12\r\n\x05token\x18\x01 \x01(\x0c\"\x87\x01\n\x12SetManifestRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x10\n\x08policies\x18\x02 \x03(\x0c\x12 \n\x18previous_transition_hash\x18\x03 \x01(\x0c\x12\x18\n\x10owner_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\x8c\x01\n\x13SetManifestResponse\x12\x13\n\x0broot_ca_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x02 \x01(\x0c\x12\x17\n\x0ftransition_hash\x18\x03 \x01(\x0c\x12\x1b\n\x13seed_share_document\x18\x04 \x01(\x0c\x12\x15\n\rdeployment_id\x18\x05 \x01(\x0c\"\x15\n\x13GetManifestsRequest\"\xda\x01\n\x14GetManifestsResponse\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\x12\x10\n\x08policies\x18\x02 \x03(\x0c\x12\x13\n\x0broot_ca_pem\x18\x03 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x04 \x01(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x05 \x01(\x0c\x12\x18\n\x10latest_signature\x18\x06 \x01(\x0c\x12\"\n\x1ahistory_signing_public_key\x18\x07 \x01(\x0c\x12\x15\n\rdeployment_id\x18\x08 \x01(\x0c\"\xa9\x01\n\x12UserRecoverRequest\x12\x15\n\rsealed_secret\x18\x01 \x01(\x0c\x12\"\n\x1aseedshare_owner_public_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\'\n\x1f\x65xpected_latest_transition_hash\x18\x06 \x01(\x0c\"]\n\x13UserRecoverResponse\x12\x17\n\x0fshares_received\x18\x01 \x01(\r\x12\x15\n\rshares_needed\x18\x02 \x01(\r\x12\x16\n\x0eshares_dropped\x18\x03 \x01(\r\"\x13\n\x11GetHistoryRequest\"a\n\x12GetHistoryResponse\x12\x11\n\tmanifests\x18\x01 \x03(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x02 \x01(\x0c\x12\x18\n\x10latest_signature\x18\x03 \x01(\x0c\"\xaf\x01\n\x12NewMeshCertRequest\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fleaf_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x0c\x12*\n\x0bhpke_suites\x18\x10 \x03(\x0e\x32\x15.concord.v1.HpkeSuite\x12\x1a\n\x12pq_hpke_public_key\x18\x11 \x01(\x0c\"\xe4\x01\n\x13NewMeshCertResponse\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x02 \x01(\x0c\x12\x13\n\x0broot_ca_pem\x18\x03 \x01(\x0c\x12\x1e\n\x16sealed_workload_secret\x18\x04 \x01(\x0c\x12\x1a\n\x12mesh_ca_bundle_pem\x18\x05 \x01(\x0c\x12\x1d\n\x15leaf_lifetime_seconds\x18\x06 \x01(\r\x12)\n\nhpke_suite\x18\x10 \x01(\x0e\x32\x15.concord.v1.HpkeSuite\"\x96\x01\n\x12MeshRecoverRequest\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x02 \x01(\x0c\x12\r\n\x05token\x18\x03 \x01(\x0c\x12*\n\x0bhpke_suites\x18\x10 \x03(\x0e\x32\x15.concord.v1.HpkeSuite\x12\x1a\n\x12pq_hpke_public_key\x18\x11 \x01(\x0c\"X\n\x13MeshRecoverResponse\x12\x16\n\x0esealed_secrets\x18\x01 \x01(\x0c\x12)\n\nhpke_suite\x18\x10 \x01(\x0e\x32\x15.concord.v1.HpkeSuite\"\x0e\n\x0cWatchRequest\"\xd8\x01\n\nWatchEvent\x12\x11\n\theartbeat\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x14\n\x0cstate_digest\x18\x03 \x01(\x0c\x12\x1e\n\x16latest_transition_hash\x18\x04 \x01(\x0c\x12\x13\n\x0broot_ca_pem\x18\x05 \x01(\x0c\x12\x13\n\x0bmesh_ca_pem\x18\x06 \x01(\x0c\x12\x1a\n\x12mesh_ca_bundle_pem\x18\x07 \x01(\x0c\x12\r\n\x05token\x18\x08 \x01(\x0c\x12\x1d\n\x15leaf_lifetime_seconds\x18\t \x01(\r*^\n\tHpkeSuite\x12\x1a\n\x16HPKE_SUITE_UNSPECIFIED\x10\x00\x12\x15\n\x11HPKE_SUITE_X25519\x10\x01\x12\x1e\n\x1aHPKE_SUITE_MLKEM768_X25519\x10\x02\x32\x98\x01\n\x0b\x41ttestation\x12?\n\x06\x41ttest\x12\x19.concord.v1.AttestRequest\x1a\x1a.concord.v1.AttestResponse\x12H\n\tChallenge\x12\x1c.concord.v1.ChallengeRequest\x1a\x1d.concord.v1.ChallengeResponse2\xc5\x02\n\x07UserAPI\x12N\n\x0bSetManifest\x12\x1e.concord.v1.SetManifestRequest\x1a\x1f.concord.v1.SetManifestResponse\x12Q\n\x0cGetManifests\x12\x1f.concord.v1.GetManifestsRequest\x1a .concord.v1.GetManifestsResponse\x12J\n\x07Recover\x12\x1e.concord.v1.UserRecoverRequest\x1a\x1f.concord.v1.UserRecoverResponse\x12K\n\nGetHistory\x12\x1d.concord.v1.GetHistoryRequest\x1a\x1e.concord.v1.GetHistoryResponse2\xe2\x01\n\x07MeshAPI\x12N\n\x0bNewMeshCert\x12\x1e.concord.v1.NewMeshCertRequest\x1a\x1f.concord.v1.NewMeshCertResponse\x12J\n\x07Recover\x12\x1e.concord.v1.MeshRecoverRequest\x1a\x1f.concord.v1.MeshRecoverResponse\x12;\n\x05Watch\x12\x18.concord.v1.WatchRequest\x1a\x16.concord.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coordinator.api.v1.concord_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_HPKESUITE']._serialized_start=2128
+  _globals['_HPKESUITE']._serialized_end=2222
   _globals['_ATTESTREQUEST']._serialized_start=48
   _globals['_ATTESTREQUEST']._serialized_end=78
   _globals['_ATTESTRESPONSE']._serialized_start=81
-  _globals['_ATTESTRESPONSE']._serialized_end=236
-  _globals['_CHALLENGEREQUEST']._serialized_start=238
-  _globals['_CHALLENGEREQUEST']._serialized_end=256
-  _globals['_CHALLENGERESPONSE']._serialized_start=258
-  _globals['_CHALLENGERESPONSE']._serialized_end=292
-  _globals['_SETMANIFESTREQUEST']._serialized_start=295
-  _globals['_SETMANIFESTREQUEST']._serialized_end=430
-  _globals['_SETMANIFESTRESPONSE']._serialized_start=432
-  _globals['_SETMANIFESTRESPONSE']._serialized_end=549
-  _globals['_GETMANIFESTSREQUEST']._serialized_start=551
-  _globals['_GETMANIFESTSREQUEST']._serialized_end=572
-  _globals['_GETMANIFESTSRESPONSE']._serialized_start=575
-  _globals['_GETMANIFESTSRESPONSE']._serialized_end=770
-  _globals['_USERRECOVERREQUEST']._serialized_start=773
-  _globals['_USERRECOVERREQUEST']._serialized_end=901
-  _globals['_USERRECOVERRESPONSE']._serialized_start=903
-  _globals['_USERRECOVERRESPONSE']._serialized_end=924
-  _globals['_NEWMESHCERTREQUEST']._serialized_start=926
-  _globals['_NEWMESHCERTREQUEST']._serialized_end=1029
-  _globals['_NEWMESHCERTRESPONSE']._serialized_start=1031
-  _globals['_NEWMESHCERTRESPONSE']._serialized_end=1157
-  _globals['_MESHRECOVERREQUEST']._serialized_start=1159
-  _globals['_MESHRECOVERREQUEST']._serialized_end=1237
-  _globals['_MESHRECOVERRESPONSE']._serialized_start=1239
-  _globals['_MESHRECOVERRESPONSE']._serialized_end=1284
-  _globals['_ATTESTATION']._serialized_start=1287
-  _globals['_ATTESTATION']._serialized_end=1439
-  _globals['_USERAPI']._serialized_start=1442
-  _globals['_USERAPI']._serialized_end=1690
-  _globals['_MESHAPI']._serialized_start=1693
-  _globals['_MESHAPI']._serialized_end=1858
+  _globals['_ATTESTRESPONSE']._serialized_end=271
+  _globals['_CHALLENGEREQUEST']._serialized_start=273
+  _globals['_CHALLENGEREQUEST']._serialized_end=291
+  _globals['_CHALLENGERESPONSE']._serialized_start=293
+  _globals['_CHALLENGERESPONSE']._serialized_end=327
+  _globals['_SETMANIFESTREQUEST']._serialized_start=330
+  _globals['_SETMANIFESTREQUEST']._serialized_end=465
+  _globals['_SETMANIFESTRESPONSE']._serialized_start=468
+  _globals['_SETMANIFESTRESPONSE']._serialized_end=608
+  _globals['_GETMANIFESTSREQUEST']._serialized_start=610
+  _globals['_GETMANIFESTSREQUEST']._serialized_end=631
+  _globals['_GETMANIFESTSRESPONSE']._serialized_start=634
+  _globals['_GETMANIFESTSRESPONSE']._serialized_end=852
+  _globals['_USERRECOVERREQUEST']._serialized_start=855
+  _globals['_USERRECOVERREQUEST']._serialized_end=1024
+  _globals['_USERRECOVERRESPONSE']._serialized_start=1026
+  _globals['_USERRECOVERRESPONSE']._serialized_end=1119
+  _globals['_GETHISTORYREQUEST']._serialized_start=1121
+  _globals['_GETHISTORYREQUEST']._serialized_end=1140
+  _globals['_GETHISTORYRESPONSE']._serialized_start=1142
+  _globals['_GETHISTORYRESPONSE']._serialized_end=1239
+  _globals['_NEWMESHCERTREQUEST']._serialized_start=1242
+  _globals['_NEWMESHCERTREQUEST']._serialized_end=1417
+  _globals['_NEWMESHCERTRESPONSE']._serialized_start=1420
+  _globals['_NEWMESHCERTRESPONSE']._serialized_end=1648
+  _globals['_MESHRECOVERREQUEST']._serialized_start=1651
+  _globals['_MESHRECOVERREQUEST']._serialized_end=1801
+  _globals['_MESHRECOVERRESPONSE']._serialized_start=1803
+  _globals['_MESHRECOVERRESPONSE']._serialized_end=1891
+  _globals['_WATCHREQUEST']._serialized_start=1893
+  _globals['_WATCHREQUEST']._serialized_end=1907
+  _globals['_WATCHEVENT']._serialized_start=1910
+  _globals['_WATCHEVENT']._serialized_end=2126
+  _globals['_ATTESTATION']._serialized_start=2225
+  _globals['_ATTESTATION']._serialized_end=2377
+  _globals['_USERAPI']._serialized_start=2380
+  _globals['_USERAPI']._serialized_end=2705
+  _globals['_MESHAPI']._serialized_start=2708
+  _globals['_MESHAPI']._serialized_end=2934
 # @@protoc_insertion_point(module_scope)

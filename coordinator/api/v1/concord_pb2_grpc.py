@@ -174,6 +174,11 @@ class UserAPIStub:
                 request_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.UserRecoverRequest.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.UserRecoverResponse.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/concord.v1.UserAPI/GetHistory',
+                request_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class UserAPIServicer:
@@ -198,6 +203,14 @@ class UserAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistory(self, request, context):
+        """The store's chain as it is, unverified, in any mode: a seed-share owner verifies it with the
+        history signing key derived from the seed before naming it in a recovery (DESIGN §12).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +228,11 @@ def add_UserAPIServicer_to_server(servicer, server):
                     servicer.Recover,
                     request_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.UserRecoverRequest.FromString,
                     response_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.UserRecoverResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryRequest.FromString,
+                    response_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class UserAPI:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concord.v1.UserAPI/GetHistory',
+            coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryRequest.SerializeToString,
+            coordinator_dot_api_dot_v1_dot_concord__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class MeshAPIStub:
     """The workloads' and peer coordinators' API (default port 7777).
@@ -330,6 +375,11 @@ class MeshAPIStub:
                 request_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverRequest.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/concord.v1.MeshAPI/Watch',
+                request_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.WatchRequest.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class MeshAPIServicer:
@@ -348,6 +398,15 @@ class MeshAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """The deployment as this coordinator serves it, sent when subscribed and on every change, with
+        heartbeats in between (DESIGN §15). Call it only on an attested channel: the events are
+        trusted because the channel is pinned to the attested TLS key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +419,11 @@ def add_MeshAPIServicer_to_server(servicer, server):
                     servicer.Recover,
                     request_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverRequest.FromString,
                     response_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=coordinator_dot_api_dot_v1_dot_concord__pb2.WatchRequest.FromString,
+                    response_serializer=coordinator_dot_api_dot_v1_dot_concord__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -417,6 +481,33 @@ class MeshAPI:
             '/concord.v1.MeshAPI/Recover',
             coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverRequest.SerializeToString,
             coordinator_dot_api_dot_v1_dot_concord__pb2.MeshRecoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/concord.v1.MeshAPI/Watch',
+            coordinator_dot_api_dot_v1_dot_concord__pb2.WatchRequest.SerializeToString,
+            coordinator_dot_api_dot_v1_dot_concord__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
