@@ -583,17 +583,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from coordinator.client.operations import recover
+    from coordinator.client.operations import recover_each
 
     manifest = _read(args.manifest, "manifest")
     seedshares = _read(args.seedshares, "--seedshares")
     key = _private_key(args.seedshare_key, "--seedshare-key")
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UsageError(f"--seedshare-key {args.seedshare_key}: not an RSA private key")
+    mlkem_key = None
+    if args.seedshare_mlkem_key is not None:
+        from cryptography.hazmat.primitives.asymmetric import mlkem
+
+        mlkem_key = _private_key(args.seedshare_mlkem_key, "--seedshare-mlkem-key")
+        if not isinstance(mlkem_key, mlkem.MLKEM768PrivateKey):
+            raise UsageError(
+                f"--seedshare-mlkem-key {args.seedshare_mlkem_key}: not an ML-KEM-768 key"
+            )
     anchors = _anchors(args.trust_anchors)
+    addresses = tuple(dict.fromkeys(args.coordinator))
+    args.coordinator = addresses[0]  # the address hints name
     result = _run(
-        recover(
-            args.coordinator,
+        recover_each(
+            addresses,
             manifest,
             seedshares,
             key,
@@ -602,6 +613,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             pin=_pin(args),
             expected_latest=_hash_arg(args.latest, "--latest"),
+            seedshare_mlkem_key=mlkem_key,
         ),
         args,
     )
@@ -845,7 +857,12 @@ def _add_common_client(
         type=_address_arg(port),
         action="append" if several else "store",
         help=f"the coordinator's {api} API (port {port} when omitted; IPv6 as [ADDR]:PORT)"
-        + ("; repeat for the other coordinators of the deployment (--watch)" if several else ""),
+        + (
+            "; repeat for the other coordinators of the deployment"
+            + ("" if user_port else " (--watch)")
+            if several
+            else ""
+        ),
     )
     p.add_argument(
         "--timeout",
@@ -1067,12 +1084,20 @@ def build_parser() -> argparse.ArgumentParser:
         "recover",
         help="recover a coordinator with a seed share",
         description="Verify the coordinator against MANIFEST (the latest manifest you hold), "
-        "then send it the seed, sealed to its attested key.",
+        "then send it the seed (or, with a threshold, your share), sealed to its attested key. "
+        "Repeat -c to submit to every coordinator of the deployment: each keeps its own partial "
+        "shares, the first with k completes and the others recover from it.",
     )
-    _add_common_client(p)
+    _add_common_client(p, several=True)
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--seedshares", required=True, metavar="FILE", help="seedshares.json")
     p.add_argument("--seedshare-key", required=True, metavar="KEY.pem", help="RSA private key")
+    p.add_argument(
+        "--seedshare-mlkem-key",
+        metavar="KEY.pem",
+        help="ML-KEM-768 private key (PKCS#8 PEM), when the manifest lists one for you in "
+        "SeedshareOwnerMLKEMKeys: your share is wrapped for both keys",
+    )
     p.add_argument(
         "--force",
         action="store_true",

@@ -30,6 +30,10 @@ def _generate(kind: str, key_type: str, bits: int) -> Any:
 
     if kind == "seedshare":
         return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if kind == "seedshare-mlkem":
+        from cryptography.hazmat.primitives.asymmetric import mlkem
+
+        return mlkem.MLKEM768PrivateKey.generate()
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(ec.SECP384R1() if key_type == "p384" else ec.SECP256R1())
@@ -62,9 +66,9 @@ def cmd_new(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: exists (use --force to replace it; the old key is lost)")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: no such directory {out.parent}")
-    if args.kind == "owner" and args.bits is not None:
+    if args.kind != "seedshare" and args.bits is not None:
         raise UsageError("--bits applies to seedshare keys only")
-    if args.kind == "seedshare" and args.type is not None:
+    if args.kind != "owner" and args.type is not None:
         raise UsageError("--type applies to owner keys only (seed-share keys are RSA)")
     key = _generate(args.kind, args.type or "p256", args.bits or 3072)
     pem = _pkcs8(key)
@@ -75,6 +79,17 @@ def cmd_new(args: argparse.Namespace) -> int:
     if args.kind == "owner":
         field, value = "WorkloadOwnerKeyDigests", owner_key_digest(pem)
         hint = f"concord manifest add-owner MANIFEST --owner-key {out}"
+    elif args.kind == "seedshare-mlkem":
+        from cryptography.hazmat.primitives import serialization
+
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        field, value = "SeedshareOwnerMLKEMKeys", raw.hex()
+        hint = (
+            "SeedshareOwnerMLKEMKeys: {<your seedshare key's PKCS#1 hex>: <this value>} "
+            "(before the first manifest)"
+        )
     else:
         field, value = "SeedshareOwnerPubKeys", seedshare_public_key_hex(pem)
         hint = f"concord manifest add-owner MANIFEST --seedshare-key {out}"
@@ -148,7 +163,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Create an owner key (EC P-256 by default; signs manifest updates) or a "
         "seed-share key (RSA, 3072 bit by default; receives a seed share on the first manifest).",
     )
-    p.add_argument("kind", choices=("owner", "seedshare"), help="what the key is for")
+    p.add_argument(
+        "kind",
+        choices=("owner", "seedshare", "seedshare-mlkem"),
+        help="what the key is for (seedshare-mlkem: ML-KEM-768, wraps a seed share "
+        "post-quantum next to the seedshare RSA key)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the private key")
     p.add_argument("--type", choices=OWNER_TYPES, help="owner key type (default p256)")
     p.add_argument(

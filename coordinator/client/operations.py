@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from attestation.anchors import TrustAnchors
@@ -70,7 +70,6 @@ from coordinator.core.seedengine import (
     SeedEngine,
     SeedEngineError,
     SeedShareDocument,
-    decrypt_seed_share,
 )
 from coordinator.core.threshold import SeedShare, ThresholdError
 from coordinator.errors import ConcordError, Status
@@ -516,6 +515,7 @@ async def recover(
     timeout: float = RPC_TIMEOUT,
     pin: bytes | None = None,
     expected_latest: bytes | None = None,
+    seedshare_mlkem_key: mlkem.MLKEM768PrivateKey | None = None,
 ) -> RecoverResult:
     """Hand the seed (sealed to the attested coordinator) to a coordinator in recovery mode,
     naming the latest transition it recovers, then check what the coordinator serves.
@@ -535,8 +535,7 @@ async def recover(
         doc = SeedShareDocument.from_json(seedshares_json)
     except SeedEngineError as exc:
         raise InvalidInput(f"seed shares: {exc}") from None
-    share = doc.share_for(owner)
-    if share is None:
+    if doc.share_for(owner) is None:
         raise InvalidInput("seed shares: no share for this seed-share key")
     if doc.threshold != manifest.seedshare_threshold:
         raise InvalidInput(
@@ -547,7 +546,7 @@ async def recover(
     engine: SeedEngine | None = None
     payload: UserRecoverySecret | UserRecoveryShare
     try:
-        plain = decrypt_seed_share(share, seedshare_key)
+        plain = doc.open_for(seedshare_key, seedshare_mlkem_key)
         if doc.threshold > 1:
             part = SeedShare.decode(plain)
             payload = UserRecoveryShare(share=plain, salt=doc.salt)
@@ -609,6 +608,39 @@ async def recover(
         shares_received=answer.shares_received,
         shares_needed=answer.shares_needed,
     )
+
+
+async def recover_each(
+    addresses: Sequence[str],
+    manifest_raw: bytes,
+    seedshares_json: bytes,
+    seedshare_key: rsa.RSAPrivateKey,
+    **options: Any,
+) -> RecoverResult:
+    """:func:`recover` at each coordinator in turn until one has recovered.
+
+    Each coordinator keeps its own partial threshold shares (in memory, never in the store),
+    so an owner who submits to every coordinator of the deployment lets whichever collects k
+    shares first complete; the others then recover from it as peers. Returns the completed
+    result, else the most advanced pending one; a coordinator that refuses is skipped unless
+    all do (then the last refusal is raised).
+    """
+    best: RecoverResult | None = None
+    failure: Exception | None = None
+    for address in addresses:
+        try:
+            result = await recover(address, manifest_raw, seedshares_json, seedshare_key, **options)
+        except (OperationRefused, NotReady, grpc.aio.AioRpcError, OSError) as exc:
+            failure = exc
+            continue
+        if not result.pending:
+            return result
+        if best is None or result.shares_received > best.shares_received:
+            best = result
+    if best is not None:
+        return best
+    assert failure is not None, "no coordinator address given"
+    raise failure
 
 
 # --- join ----------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ Format (top-level keys, nothing else allowed)::
                                        default [] (empty: no user recovery possible).
     SeedshareThreshold       optional  int k, 1 <= k <= number of seed-share owners, default 1:
                                        how many owners together recover (Shamir k-of-n).
+    SeedshareOwnerMLKEMKeys  optional  {"<an owner's PKCS#1 hex>": "<raw ML-KEM-768 public key
+                                       hex, 1184 bytes>"}, default {}: that owner's share is
+                                       wrapped for RSA-OAEP and ML-KEM together (post-quantum).
 
 JSON rules: UTF-8 without BOM, one JSON object, no duplicate keys at any depth, no
 NaN/Infinity. Limits (DESIGN §13; a manifest over one is refused with
@@ -40,8 +43,8 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -76,6 +79,7 @@ TOP_LEVEL_KEYS = (
     "WorkloadOwnerKeyDigests",
     "SeedshareOwnerPubKeys",
     "SeedshareThreshold",
+    "SeedshareOwnerMLKEMKeys",
 )
 REQUIRED_TOP_LEVEL_KEYS = ("Policies", "ReferenceValues")
 POLICY_KEYS = ("SANs", "WorkloadSecretID", "Role")
@@ -341,6 +345,33 @@ def _seedshare_threshold(value: Any, owners: int) -> int:
     return value
 
 
+MLKEM768_PUBLIC_KEY_SIZE = 1184
+
+
+def _seedshare_mlkem_keys(value: Any, owners: Sequence[bytes]) -> dict[bytes, bytes]:
+    """Each key names a listed owner; each value is a usable raw ML-KEM-768 public key."""
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    path = "SeedshareOwnerMLKEMKeys"
+    if not isinstance(value, dict):
+        raise ManifestError(path, "must be a JSON object")
+    if len(value) > MAX_OWNERS:
+        raise ManifestLimitExceeded(path, f"more than {MAX_OWNERS} entries")
+    out: dict[bytes, bytes] = {}
+    for owner_hex, key_hex in value.items():
+        item_path = f"{path}.{_short(owner_hex)}"
+        owner = _hex(owner_hex, item_path)
+        if owner not in owners:
+            raise ManifestError(item_path, "not listed in SeedshareOwnerPubKeys")
+        raw = _hex(key_hex, item_path, MLKEM768_PUBLIC_KEY_SIZE)
+        try:
+            mlkem.MLKEM768PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ManifestError(item_path, "not an ML-KEM-768 public key") from None
+        out[owner] = raw
+    return out
+
+
 def _seedshare_owners(value: Any) -> tuple[tuple[rsa.RSAPublicKey, ...], tuple[bytes, ...]]:
     path = "SeedshareOwnerPubKeys"
     keys: list[rsa.RSAPublicKey] = []
@@ -410,6 +441,11 @@ class Manifest:
     coordinator_policy_hash: bytes
     seedshare_threshold: int = 1
     """k of the n seed-share owners must submit their share to recover (DESIGN §3)."""
+    seedshare_owner_mlkem_keys: Mapping[bytes, bytes] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Owner PKCS#1 DER → raw ML-KEM-768 public key, for owners whose share is also wrapped
+    post-quantum."""
 
     @property
     def hex_digest(self) -> str:
@@ -437,6 +473,7 @@ class Manifest:
         owners = _owner_digests(top.get("WorkloadOwnerKeyDigests", []))
         keys, ders = _seedshare_owners(top.get("SeedshareOwnerPubKeys", []))
         threshold = _seedshare_threshold(top.get("SeedshareThreshold", 1), len(keys))
+        mlkem_keys = _seedshare_mlkem_keys(top.get("SeedshareOwnerMLKEMKeys", {}), ders)
         raw = bytes(data)
         return cls(
             raw=raw,
@@ -448,6 +485,7 @@ class Manifest:
             seedshare_owner_keys_der=ders,
             coordinator_policy_hash=coordinator,
             seedshare_threshold=threshold,
+            seedshare_owner_mlkem_keys=MappingProxyType(mlkem_keys),
         )
 
     def policy(self, hash: bytes) -> PolicyEntry | None:

@@ -238,6 +238,8 @@ def check_update_manifest(current: Manifest, new: Manifest) -> None:
     recover the seed."""
     if set(new.seedshare_owner_keys_der) != set(current.seedshare_owner_keys_der):
         raise SeedshareOwnersChanged("SeedshareOwnerPubKeys: seed-share owners may not change")
+    if dict(new.seedshare_owner_mlkem_keys) != dict(current.seedshare_owner_mlkem_keys):
+        raise SeedshareOwnersChanged("SeedshareOwnerMLKEMKeys: the owners' keys may not change")
     if new.seedshare_threshold != current.seedshare_threshold:
         raise SeedshareOwnersChanged("SeedshareThreshold: the threshold may not change")
     if new.seedshare_threshold > 1 and (

@@ -29,12 +29,13 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from attestation.jsonstrict import DuplicateKey, reject_duplicates
@@ -241,6 +242,32 @@ def decrypt_seed_share(share: bytes, key: rsa.RSAPrivateKey) -> bytes:
         raise SeedEngineError("seed share does not decrypt with this key") from None
 
 
+SEEDSHARE_MLKEM_INFO = b"concord/v1/seed-share"
+_MLKEM_SUITE = hpke.Suite(hpke.KEM.MLKEM768, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _mlkem_seal(public_raw: bytes, plaintext: bytes) -> bytes:
+    """HPKE (ML-KEM-768, HKDF-SHA256, AES-256-GCM) to an owner's raw ML-KEM-768 key."""
+    try:
+        public = mlkem.MLKEM768PublicKey.from_public_bytes(public_raw)
+    except ValueError:
+        raise SeedEngineError("not an ML-KEM-768 public key") from None
+    return _MLKEM_SUITE.encrypt(plaintext, public, info=SEEDSHARE_MLKEM_INFO)
+
+
+def _mlkem_open(key: mlkem.MLKEM768PrivateKey, box: bytes) -> bytes:
+    if not isinstance(key, mlkem.MLKEM768PrivateKey):
+        raise SeedEngineError("the ML-KEM key must be an ML-KEM-768 private key")
+    try:
+        return _MLKEM_SUITE.decrypt(box, key, info=SEEDSHARE_MLKEM_INFO)
+    except (InvalidTag, ValueError):
+        raise SeedEngineError("the ML-KEM half of the share does not open with this key") from None
+
+
 def _pkcs1(key: rsa.RSAPublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
 
@@ -266,6 +293,9 @@ class SeedShareDocument:
     salt: bytes
     shares: tuple[tuple[bytes, bytes], ...]
     threshold: int = 1
+    mlkem_sealed: tuple[tuple[bytes, bytes], ...] = ()
+    """(owner PKCS#1 DER, ML-KEM box) for owners with an ML-KEM key: their plaintext is
+    RSA-OAEP pad XOR ML-KEM box, so opening it takes both keys (either may fall)."""
 
     @classmethod
     def create(
@@ -274,25 +304,57 @@ class SeedShareDocument:
         owners: Sequence[rsa.RSAPublicKey],
         threshold: int = 1,
         deployment_id: bytes = b"",
+        mlkem_keys: Mapping[bytes, bytes] | None = None,
     ) -> SeedShareDocument:
         """Encrypt ``engine``'s seed (k = 1) or one Shamir share of it (k > 1) to every owner,
-        in the given (manifest) order."""
+        in the given (manifest) order; owners in ``mlkem_keys`` (PKCS#1 DER → raw ML-KEM-768
+        public key) get it wrapped post-quantum as well."""
         if threshold <= 1:
-            return cls(
-                salt=engine.salt,
-                shares=tuple((_pkcs1(o), encrypt_seed_share(engine.seed, o)) for o in owners),
-            )
-        from coordinator.core.threshold import split_seed
+            plains = [engine.seed] * len(owners)
+        else:
+            from coordinator.core.threshold import split_seed
 
-        parts = split_seed(engine.seed, threshold, len(owners), deployment_id)
+            parts = split_seed(engine.seed, threshold, len(owners), deployment_id)
+            plains = [p.encode() for p in parts]
+        shares: list[tuple[bytes, bytes]] = []
+        sealed: list[tuple[bytes, bytes]] = []
+        for owner, plain in zip(owners, plains, strict=True):
+            der = _pkcs1(owner)
+            mlkem_public = (mlkem_keys or {}).get(der)
+            if mlkem_public is None:
+                shares.append((der, encrypt_seed_share(plain, owner)))
+                continue
+            pad = secrets.token_bytes(len(plain))
+            shares.append((der, encrypt_seed_share(pad, owner)))
+            sealed.append((der, _mlkem_seal(mlkem_public, _xor(plain, pad))))
         return cls(
             salt=engine.salt,
-            shares=tuple(
-                (_pkcs1(o), encrypt_seed_share(p.encode(), o))
-                for o, p in zip(owners, parts, strict=True)
-            ),
-            threshold=threshold,
+            shares=tuple(shares),
+            threshold=max(threshold, 1),
+            mlkem_sealed=tuple(sealed),
         )
+
+    def open_for(
+        self, key: rsa.RSAPrivateKey, mlkem_key: mlkem.MLKEM768PrivateKey | None = None
+    ) -> bytes:
+        """What this document holds for the owner of ``key``: the seed (threshold 1) or its
+        threshold share. An ML-KEM-wrapped share needs ``mlkem_key`` too."""
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise SeedEngineError("seed-share key must be an RSA private key")
+        der = _pkcs1(key.public_key())
+        share = self.share_for(der)
+        if share is None:
+            raise SeedEngineError("no share for this seed-share key")
+        boxed = dict(self.mlkem_sealed).get(der)
+        if boxed is None:
+            return decrypt_seed_share(share, key)
+        if mlkem_key is None:
+            raise SeedEngineError("this share is wrapped for ML-KEM too: the ML-KEM key is needed")
+        pad = decrypt_seed_share(share, key)
+        masked = _mlkem_open(mlkem_key, boxed)
+        if len(masked) != len(pad):
+            raise SeedEngineError("the two halves of the share do not fit together")
+        return _xor(masked, pad)
 
     def share_for(self, owner_pkcs1_der: bytes) -> bytes | None:
         """The encrypted seed for one owner, or None."""
@@ -301,12 +363,17 @@ class SeedShareDocument:
                 return share
         return None
 
+    def _item(self, der: bytes, share: bytes) -> dict[str, str]:
+        item = {"PublicKey": der.hex(), "EncryptedSeed": share.hex()}
+        boxed = dict(self.mlkem_sealed).get(der)
+        if boxed is not None:
+            item["MLKEMSealedSeed"] = boxed.hex()
+        return item
+
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
             "Salt": self.salt.hex(),
-            "SeedShares": [
-                {"PublicKey": der.hex(), "EncryptedSeed": share.hex()} for der, share in self.shares
-            ],
+            "SeedShares": [self._item(der, share) for der, share in self.shares],
         }
         if self.threshold > 1:
             doc["Threshold"] = self.threshold
@@ -337,6 +404,7 @@ class SeedShareDocument:
             or ("Threshold" in doc and threshold < 2)
         ):
             raise SeedEngineError("Threshold: must be an integer 2..255 when present")
+        boxes: list[tuple[bytes, bytes]] = []
         salt = _doc_hex(doc["Salt"], "Salt")
         if len(salt) != SALT_SIZE:
             raise SeedEngineError(f"Salt: must be {SALT_SIZE} bytes, got {len(salt)}")
@@ -346,15 +414,27 @@ class SeedShareDocument:
         shares: list[tuple[bytes, bytes]] = []
         for i, item in enumerate(items):
             path = f"SeedShares[{i}]"
-            if not isinstance(item, dict) or set(item) != {"PublicKey", "EncryptedSeed"}:
-                raise SeedEngineError(f"{path}: needs exactly PublicKey and EncryptedSeed")
+            if not isinstance(item, dict) or set(item) - {"MLKEMSealedSeed"} != {
+                "PublicKey",
+                "EncryptedSeed",
+            }:
+                raise SeedEngineError(
+                    f"{path}: needs exactly PublicKey and EncryptedSeed (and MLKEMSealedSeed)"
+                )
+            if "MLKEMSealedSeed" in item:
+                boxes.append(
+                    (
+                        _doc_hex(item["PublicKey"], f"{path}.PublicKey"),
+                        _doc_hex(item["MLKEMSealedSeed"], f"{path}.MLKEMSealedSeed"),
+                    )
+                )
             shares.append(
                 (
                     _doc_hex(item["PublicKey"], f"{path}.PublicKey"),
                     _doc_hex(item["EncryptedSeed"], f"{path}.EncryptedSeed"),
                 )
             )
-        return cls(salt=salt, shares=tuple(shares), threshold=threshold)
+        return cls(salt=salt, shares=tuple(shares), threshold=threshold, mlkem_sealed=tuple(boxes))
 
     def __repr__(self) -> str:
         return f"SeedShareDocument({len(self.shares)} shares, threshold {self.threshold})"

@@ -86,6 +86,7 @@ class UserService(pb_grpc.UserAPIServicer):
                 manifest.seedshare_owner_keys,
                 manifest.seedshare_threshold,
                 new.deployment_id,
+                manifest.seedshare_owner_mlkem_keys,
             )
             return _set_response(new, doc.to_json())
         authorise_update(
@@ -202,6 +203,8 @@ class UserService(pb_grpc.UserAPIServicer):
             is_stale = True  # a history whose latest was deleted: only a named recovery helps
         else:
             is_stale = False
+        if not is_stale:
+            self.shares.reset()  # recovered meanwhile (say, from a peer): partial shares go
         require_recovery_mode(is_stale)
         # The store's latest, or the transition the owner names when the store lost it or was
         # rolled back behind it (unverified: the seed decides below).

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from coordinator.api.v1 import concord_pb2 as pb
-from coordinator.client.operations import OperationRefused, RecoverResult, recover
+from coordinator.client.operations import OperationRefused, RecoverResult, recover, recover_each
 from coordinator.core.authz import recover_message, rsa_pkcs1_der, sign_seedshare
 from coordinator.core.sealing import PURPOSE_USER_RECOVER, UserRecoveryShare, seal
 from coordinator.core.seedengine import SeedShareDocument, decrypt_seed_share
@@ -228,3 +228,86 @@ async def _raw_share_request(
         nonce=nonce,
         expected_latest_transition_hash=name,
     )
+
+
+async def test_owners_submitting_to_every_coordinator_recover_at_either(
+    coordinators: Coordinators,
+    mock_tee: MockTee,
+    owner_keys: list[rsa.RSAPrivateKey],
+    etcd: EtcdServer,
+    deployment: str,
+) -> None:
+    """No owner needs to know where the others went: each submits to all coordinators (in its
+    own order); whichever holds k first completes, the rest follow as peers."""
+    store = f"etcd://{etcd.endpoint}"
+    owners = owner_keys[:3]
+    dep = await _first_manifest(coordinators, mock_tee, owners, 2, store, deployment)
+    a = await _in_recovery(coordinators, dep)
+    b = await _in_recovery(coordinators, dep)
+    everyone = [b.addresses["user"], a.addresses["user"]]
+    first = await recover_each(
+        everyone, dep.manifest, dep.document, owners[2], anchors=mock_tee.anchors, timeout=20
+    )
+    assert first.pending and _pending(a) == 1 and _pending(b) == 1
+    done = await recover_each(
+        list(reversed(everyone)),
+        dep.manifest,
+        dep.document,
+        owners[0],
+        anchors=mock_tee.anchors,
+        timeout=20,
+    )
+    assert not done.pending and _recovered(a, dep)
+    await _eventually(lambda: _async(_recovered(b, dep)), "peer recovery of the other")
+    # b still held owner 3's partial share; the first call after it recovered drops it.
+    assert _pending(b) == 1
+    with pytest.raises(OperationRefused) as late:
+        await _submit(b, mock_tee, dep, owners[1])
+    assert late.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert _pending(b) == 0
+
+
+async def test_an_owner_with_an_mlkem_key_recovers_with_both_keys(
+    coordinators: Coordinators,
+    mock_tee: MockTee,
+    owner_keys: list[rsa.RSAPrivateKey],
+    etcd: EtcdServer,
+    deployment: str,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from coordinator.client.operations import InvalidInput
+
+    store = f"etcd://{etcd.endpoint}"
+    owners = owner_keys[:2]
+    pq_key = mlkem.MLKEM768PrivateKey.generate()
+    raw = pq_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    doc = manifest_dict(mock_tee, seedshare=owners)
+    doc["SeedshareThreshold"] = 2
+    doc["SeedshareOwnerMLKEMKeys"] = {rsa_pkcs1_der(owners[0]).hex(): raw.hex()}
+    manifest = manifest_bytes(doc)
+    first_server = await coordinators.start(store, deployment=deployment)
+    user = await connect(first_server, "user", tee=mock_tee)
+    first = await set_first_manifest(user, manifest, ALL_POLICIES)
+    await user.close()
+    await coordinators.stop(first_server)
+    dep = ThresholdDeployment(
+        manifest, bytes(first.seed_share_document), bytes(first.transition_hash), store, deployment
+    )
+    a = await _in_recovery(coordinators, dep)
+    with pytest.raises(InvalidInput, match="ML-KEM"):
+        await _submit(a, mock_tee, dep, owners[0])  # the RSA key alone opens nothing
+    assert _pending(a) == 0
+    result = await recover(
+        a.addresses["user"],
+        dep.manifest,
+        dep.document,
+        owners[0],
+        anchors=mock_tee.anchors,
+        timeout=20,
+        seedshare_mlkem_key=pq_key,
+    )
+    assert result.pending
+    assert not (await _submit(a, mock_tee, dep, owners[1])).pending
+    assert _recovered(a, dep)

@@ -4,11 +4,13 @@ the offer into report data (so stripping it is detected) and the classic bytes l
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import cbor2
 import pytest
 
 from attestation.binding import mesh_cert_report_data, peer_recover_report_data
+from coordinator import cli
 from coordinator.core.sealing import (
     PQ_ENC_SIZE,
     PQ_PUBLIC_KEY_SIZE,
@@ -183,3 +185,16 @@ def test_peer_recover_pq_binding_keeps_a_slot_for_the_deployment(
     assert with_name == _formula("peer-recover", [HPKE, b"token", b"default", *binding])
     assert without == _formula("peer-recover", [HPKE, b"token", b"", *binding])
     assert with_name != peer_recover_report_data(HPKE, b"token", "default")
+
+
+def test_require_pq_flags_on_serve_and_join(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["serve", "--require-pq"]).require_pq is True
+    assert parser.parse_args(["serve"]).require_pq is False
+    args = parser.parse_args(["join", "-c", "127.0.0.1", "--out", "o", "--require-pq"])
+    assert args.require_pq is True
+    argv = ["join", "-c", "127.0.0.1", "--out", str(tmp_path), "--watch", "--require-pq"]
+    assert cli.main(argv) == 2
+    assert "--require-pq" in capsys.readouterr().err

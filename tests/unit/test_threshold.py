@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import mlkem, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from coordinator.core.authz import rsa_pkcs1_der
 from coordinator.core.manifest import Manifest, ManifestError
 from coordinator.core.rules import SeedshareOwnersChanged, check_update_manifest
 from coordinator.core.sealing import (
@@ -21,7 +23,12 @@ from coordinator.core.sealing import (
     UserRecoveryShare,
     decode_user_recovery,
 )
-from coordinator.core.seedengine import SeedEngine, SeedShareDocument, decrypt_seed_share
+from coordinator.core.seedengine import (
+    SeedEngine,
+    SeedEngineError,
+    SeedShareDocument,
+    decrypt_seed_share,
+)
 from coordinator.core.threshold import (
     SHARE_SIZE,
     SeedShare,
@@ -118,9 +125,11 @@ def test_document_with_threshold_carries_shares(owners: list[rsa.RSAPrivateKey])
             SeedShareDocument.from_json(json.dumps(data).encode())
 
 
-def _manifest(owners: list[rsa.RSAPrivateKey], threshold: object = None) -> Manifest:
-    from coordinator.core.authz import rsa_pkcs1_der
-
+def _manifest(
+    owners: list[rsa.RSAPrivateKey],
+    threshold: object = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
     doc: dict[str, Any] = {
         "Policies": {"ab" * 32: {"Role": "coordinator"}},
         "ReferenceValues": {},
@@ -128,6 +137,7 @@ def _manifest(owners: list[rsa.RSAPrivateKey], threshold: object = None) -> Mani
     }
     if threshold is not None:
         doc["SeedshareThreshold"] = threshold
+    doc.update(extra or {})
     return Manifest.parse(json.dumps(doc).encode())
 
 
@@ -224,3 +234,63 @@ def test_collector_keeps_no_share_in_the_clear() -> None:
     held = c._set
     assert held is not None
     assert all(share.points not in box for box in held.sealed.values())
+
+
+# --- post-quantum wrapping of shares (ML-KEM-768 next to RSA-OAEP) ------------------------------
+
+
+@pytest.fixture(scope="module", name="mlkem_key")
+def mlkem_key_fixture() -> mlkem.MLKEM768PrivateKey:
+    return mlkem.MLKEM768PrivateKey.generate()
+
+
+def _raw(key: mlkem.MLKEM768PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_mlkem_wrapped_share_needs_both_keys(
+    owners: list[rsa.RSAPrivateKey], mlkem_key: mlkem.MLKEM768PrivateKey, k: int
+) -> None:
+    engine = SeedEngine(os.urandom(64), os.urandom(32))
+    wrapped = rsa_pkcs1_der(owners[0])
+    doc = SeedShareDocument.create(
+        engine, [o.public_key() for o in owners], k, DEP, {wrapped: _raw(mlkem_key)}
+    )
+    again = SeedShareDocument.from_json(doc.to_json())
+    assert again == doc
+    items = json.loads(doc.to_json())["SeedShares"]
+    assert "MLKEMSealedSeed" in items[0] and "MLKEMSealedSeed" not in items[1]
+    plain = again.open_for(owners[0], mlkem_key)
+    # The RSA half alone is a random pad, not the share.
+    assert decrypt_seed_share(doc.shares[0][1], owners[0]) != plain
+    if k == 1:
+        assert plain == engine.seed
+    else:
+        others = SeedShare.decode(again.open_for(owners[1]))
+        assert combine_shares([SeedShare.decode(plain), others]) == engine.seed
+    with pytest.raises(SeedEngineError, match="ML-KEM key is needed"):
+        again.open_for(owners[0])
+    with pytest.raises(SeedEngineError, match="does not open"):
+        again.open_for(owners[0], mlkem.MLKEM768PrivateKey.generate())
+
+
+def test_manifest_mlkem_keys_name_listed_owners(
+    owners: list[rsa.RSAPrivateKey], mlkem_key: mlkem.MLKEM768PrivateKey
+) -> None:
+    owner_hex = rsa_pkcs1_der(owners[0]).hex()
+    good = _manifest(owners, extra={"SeedshareOwnerMLKEMKeys": {owner_hex: _raw(mlkem_key).hex()}})
+    assert dict(good.seedshare_owner_mlkem_keys) == {rsa_pkcs1_der(owners[0]): _raw(mlkem_key)}
+    assert dict(_manifest(owners).seedshare_owner_mlkem_keys) == {}
+    bads: list[object] = [
+        {"ab" * 300: _raw(mlkem_key).hex()},  # not a listed owner
+        {owner_hex: "00" * 32},  # wrong size
+        {owner_hex: 7},
+        [],
+    ]
+    for bad in bads:
+        with pytest.raises(ManifestError) as err:
+            _manifest(owners, extra={"SeedshareOwnerMLKEMKeys": bad})
+        assert err.value.path.startswith("SeedshareOwnerMLKEMKeys")
+    with pytest.raises(SeedshareOwnersChanged, match="MLKEM"):
+        check_update_manifest(good, _manifest(owners))

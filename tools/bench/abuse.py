@@ -24,7 +24,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -715,8 +714,8 @@ def abuse(a: argparse.Namespace) -> int:
         BenchError,
         Children,
         Deadline,
-        _json_default,
         _loadavg,
+        close_report,
         deadline,
         set_manifest,
         start_server,
@@ -779,14 +778,7 @@ def abuse(a: argparse.Namespace) -> int:
                 probe.kill()
                 probe.join(5)
         children.stop_all()
-        report["meta"]["loadavg_end"] = _loadavg()
-        report["meta"]["finished"] = datetime.now(UTC).isoformat()
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        if a.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        close_report(report, a.json, workdir, keep=a.keep)
     if "error" in report:
         return 1
     if a.png is not None:

@@ -975,14 +975,7 @@ def issuance(a: argparse.Namespace) -> int:
         print(f"benchmark failed: {report['error']}", file=sys.stderr)
     finally:
         children.stop_all()
-        report["meta"]["loadavg_end"] = _loadavg()
-        report["meta"]["finished"] = datetime.now(UTC).isoformat()
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        if a.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        close_report(report, a.json, workdir, keep=a.keep)
     if "error" in report:
         return 1
     if a.png is not None and report["runs"]:
@@ -990,6 +983,19 @@ def issuance(a: argparse.Namespace) -> int:
     print_table(report)
     print(f"wrote {a.json}" + (f" and {a.png}" if a.png else ""))
     return 0
+
+
+def close_report(report: dict[str, Any], path: Path, workdir: Path, *, keep: bool) -> None:
+    """Stamp the end of a run, write its JSON report and remove (or keep) its work directory:
+    the one ending of every benchmark, also when it failed."""
+    report["meta"]["loadavg_end"] = _loadavg()
+    report["meta"]["finished"] = datetime.now(UTC).isoformat()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    if keep:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:
