@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from coordinator.cli import UsageError, _emit
+from coordinator.cli.common import UsageError, emit
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             results.append({"evidence": o.name, "reason": o.error.reason, "detail": o.error.detail})
             lines.append(f"failed {o.name}: {o.error.reason}: {o.error.detail}")
     failed = sum(1 for o in outcomes if o.error is not None)
-    _emit(args, {"out": str(out), "results": results, "failed": failed}, lines)
+    emit(args, {"out": str(out), "results": results, "failed": failed}, lines)
     return 1 if failed else 0
 
 

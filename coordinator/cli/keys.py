@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from coordinator.cli import UsageError, _emit, _read
+from coordinator.cli.common import UsageError, emit, read
 from coordinator.core.manifest_edit import (
     InvalidKeyInput,
     owner_key_digest,
@@ -52,7 +52,7 @@ def _pkcs8(key: Any) -> bytes:
 
 
 def _key_file(path: str) -> bytes:
-    data = _read(path, "key")
+    data = read(path, "key")
     if len(data) > MAX_KEY_FILE:
         raise UsageError(f"key {path}: larger than {MAX_KEY_FILE} bytes")
     return data
@@ -93,7 +93,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     else:
         field, value = "SeedshareOwnerPubKeys", seedshare_public_key_hex(pem)
         hint = f"concord manifest add-owner MANIFEST --seedshare-key {out}"
-    _emit(
+    emit(
         args,
         {"out": str(out), "kind": args.kind, "field": field, "value": value},
         [
@@ -118,7 +118,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     lines = [f"WorkloadOwnerKeyDigests entry: {owner}"]
     if seedshare is not None:
         lines.append(f"SeedshareOwnerPubKeys entry:   {seedshare}")
-    _emit(args, {"owner_key_digest": owner, "seedshare_public_key": seedshare}, lines)
+    emit(args, {"owner_key_digest": owner, "seedshare_public_key": seedshare}, lines)
     return 0
 
 

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from coordinator.cli import UsageError, _emit, _read
+from coordinator.cli.common import UsageError, emit, read
 from coordinator.core import manifest_edit as edit
 from coordinator.core.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 
@@ -21,7 +21,7 @@ MAX_INPUT = 1 << 20
 
 
 def _read_small(path: str, what: str, limit: int = MAX_INPUT) -> bytes:
-    data = _read(path, what)
+    data = read(path, what)
     if len(data) > limit:
         raise UsageError(f"{what} {path}: larger than {limit} bytes")
     return data
@@ -51,7 +51,7 @@ def _edit(args: argparse.Namespace, change: Any) -> int:
 
 
 def _policy_file(path: str) -> bytes:
-    return _read(path, "policy")
+    return read(path, "policy")
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ] or ["    (none)"]
     for f in info["findings"]:
         lines.append(f"warning: {f['field']}: {f['consequence']}")
-    _emit(args, info, lines)
+    emit(args, info, lines)
     return 0
 
 

@@ -162,16 +162,17 @@ def test_lists_inside_a_reference_entry_are_capped() -> None:
 
 def test_serve_flags_become_the_limits() -> None:
     from coordinator import cli
+    from coordinator.cli.serve import rpc_limits
 
     flags = ["--max-concurrent-rpcs", "7", "--max-concurrent", "NewMeshCert=9"]
     flags += ["--idle-timeout", "30", "--handshake-timeout", "2"]
     args = cli.build_parser().parse_args(["serve", *flags])
-    limits = cli._rpc_limits(args)
+    limits = rpc_limits(args)
     assert limits.max_concurrent_rpcs == 7
     assert limits.method_concurrency[NEW_MESH_CERT] == 9
     assert limits.method_concurrency[SET_MANIFEST] == DEFAULT_METHOD_CONCURRENCY[SET_MANIFEST]
     assert (limits.idle_timeout_s, limits.handshake_timeout_s) == (30.0, 2.0)
-    assert cli._rpc_limits(cli.build_parser().parse_args(["serve"])) == RpcLimits()
+    assert rpc_limits(cli.build_parser().parse_args(["serve"])) == RpcLimits()
 
 
 @pytest.mark.parametrize(
@@ -180,7 +181,9 @@ def test_serve_flags_become_the_limits() -> None:
 )
 def test_bad_serve_limit_flags_are_usage_errors(flags: list[str]) -> None:
     from coordinator import cli
+    from coordinator.cli.common import UsageError
+    from coordinator.cli.serve import rpc_limits
 
     args = cli.build_parser().parse_args(["serve", *flags])
-    with pytest.raises(cli.UsageError):
-        cli._rpc_limits(args)
+    with pytest.raises(UsageError):
+        rpc_limits(args)
