@@ -11,7 +11,6 @@ within ``--timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from coordinator.client.agent import Agent, AgentConfig, CredentialSet
 from coordinator.client.channel import CoordinatorPolicy
 from coordinator.core.address import split_address
 from coordinator.errors import ConcordError
+from coordinator.http_probes import Handler, ProbeServer
 
 log = logging.getLogger("concord.agent")
 
@@ -92,55 +92,7 @@ def status_document(agent: Agent, now: datetime) -> dict[str, Any]:
     }
 
 
-Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
-_STATUS_TEXT = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-
-
-class AgentHttp:
-    """GET-only HTTP/1.1, one request per connection, bounded request head: enough for kubelet
-    probes and a scraper. (The agent loads nothing of the server side, so not its probes.)"""
-
-    def __init__(self, routes: dict[str, Route]) -> None:
-        self.routes = routes
-        self._server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, path, _ = head[:8192].split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            route = self.routes.get(path.split("?", 1)[0])
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", b"method not allowed\n"
-            elif route is None:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            else:
-                status, ctype, body = await route()
-            writer.write(
-                f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, 'OK')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode("latin-1")
-                + (body if method == "GET" else b"")
-            )
-            await writer.drain()
-        except Exception as exc:
-            log.debug("agent http request failed: %s", type(exc).__name__)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
-def http_routes(agent: Agent) -> dict[str, Route]:
+def http_routes(agent: Agent) -> dict[str, Handler]:
     async def healthz() -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"
 
@@ -171,9 +123,9 @@ async def run_agent(
     sink = CredentialDir(out)
     hook = on_change_hook(on_change, out) if on_change else None
     agent = Agent(config, provider, sink, on_change=hook)
-    probes: AgentHttp | None = None
+    probes: ProbeServer | None = None
     if http_addr is not None:
-        probes = AgentHttp(http_routes(agent))
+        probes = ProbeServer(http_routes(agent))
         host, port = split_address(http_addr)
         bound = await probes.start(host, port)
         announce({"event": "agent_http", "http": f"{host}:{bound}"})

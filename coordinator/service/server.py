@@ -33,13 +33,13 @@ from coordinator.core.sealing import generate_keypair
 from coordinator.core.state import Guard, State
 from coordinator.core.tlsid import TlsIdentity
 from coordinator.errors import ConcordError, Status
+from coordinator.http_probes import ProbeServer
 from coordinator.service.attestapi import AttestationService
 from coordinator.service.context import Coordinator
 from coordinator.service.feed import LifecycleConfig, StateFeed
 from coordinator.service.limits import LimitInterceptor, MethodGates, RpcLimits
 from coordinator.service.meshapi import MeshService, _issue
 from coordinator.service.metrics import Metrics
-from coordinator.service.probes import ProbeServer
 from coordinator.service.userapi import UserService
 from coordinator.store import open_store
 from coordinator.store.base import Store

@@ -17,8 +17,8 @@ import pytest
 
 from coordinator import cli
 from coordinator.cluster.recovery import ClusterDeps, PeerRecovery
+from coordinator.http_probes import ProbeServer
 from coordinator.service.metrics import RECOVERY_SOURCES, TEES, Metrics
-from coordinator.service.probes import ProbeServer
 from coordinator.service.server import (
     AddressInUse,
     JsonLogFormatter,

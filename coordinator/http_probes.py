@@ -1,6 +1,9 @@
 """A deliberately tiny HTTP/1.1 endpoint for probes and metrics: GET only, one request per
 connection, bounded request size. Enough for kubelet probes and a Prometheus scraper without
-adding a web framework to a security product."""
+adding a web framework to a security product.
+
+The coordinator (``concord serve``) and the workload agent (``concord join --watch``) both serve
+through it; it imports nothing of ours, so the agent loads nothing of the server side with it."""
 
 from __future__ import annotations
 
