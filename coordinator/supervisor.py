@@ -83,19 +83,24 @@ def python_env(
 
 
 def _child_setup(die_with_parent: bool, cpus: tuple[int, ...]) -> Callable[[], None] | None:
-    """What the child does between fork and exec (Linux only; elsewhere nothing)."""
+    """What the child does between fork and exec (Linux only; elsewhere nothing).
+
+    Everything is resolved here, in the parent: between fork and exec the child of a threaded
+    parent (gRPC runs threads) must not import or load anything, since a lock another thread held
+    at fork time (the import lock, the loader's, malloc's) is never released in the child.
+    """
     if not sys.platform.startswith("linux") or (not die_with_parent and not cpus):
         return None
+    prctl: Callable[..., int] | None = None
+    if die_with_parent:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sigterm = int(signal.SIGTERM)
 
     def setup() -> None:  # pragma: no cover - runs in the child
-        if die_with_parent:
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            except Exception:
-                pass
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
         if cpus:
             os.sched_setaffinity(0, cpus)
 
